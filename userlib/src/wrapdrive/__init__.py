@@ -1,0 +1,92 @@
+"""WrapDrive user-space library: accelerator queues over vfio-mdev.
+
+    import wrapdrive
+    with wrapdrive.request_queue("sha256") as q:
+        digest = q.sha256(b"hello")
+
+The seed's C-style calls (wd_request_queue, wd_send, ...) are here too.
+"""
+
+from .api import (
+    devices,
+    request_queue,
+    wd_mem_share,
+    wd_mem_unshare,
+    wd_recv,
+    wd_recv_sync,
+    wd_release_queue,
+    wd_request_queue,
+    wd_send,
+    wd_send_sync,
+)
+from .errors import (
+    BadRequestError,
+    DevicePermissionError,
+    NoDeviceError,
+    NotSharedError,
+    QueueDeadError,
+    QueueEmptyError,
+    QueueExhaustedError,
+    QueueFullError,
+    QueueReleasedError,
+    RequestFailedError,
+    RequestTooLargeError,
+    VfioError,
+    WrapDriveError,
+)
+from .memory import Buffer, address_of
+from .queue import Queue
+from .ring import Request
+from .selection import Capa
+from .uapi import (
+    WD_CAPA_SHARE_ALL,
+    WD_MAX_LEN,
+    WD_OP_CRC32C,
+    WD_OP_DEFLATE,
+    WD_OP_INFLATE,
+    WD_OP_MEMCPY,
+    WD_OP_NOP,
+    WD_OP_SHA256,
+    WD_WEAK_ORDER,
+)
+
+__all__ = [
+    "WD_CAPA_SHARE_ALL",
+    "WD_MAX_LEN",
+    "WD_OP_CRC32C",
+    "WD_OP_DEFLATE",
+    "WD_OP_INFLATE",
+    "WD_OP_MEMCPY",
+    "WD_OP_NOP",
+    "WD_OP_SHA256",
+    "WD_WEAK_ORDER",
+    "BadRequestError",
+    "Buffer",
+    "Capa",
+    "DevicePermissionError",
+    "NoDeviceError",
+    "NotSharedError",
+    "Queue",
+    "QueueDeadError",
+    "QueueEmptyError",
+    "QueueExhaustedError",
+    "QueueFullError",
+    "QueueReleasedError",
+    "Request",
+    "RequestFailedError",
+    "RequestTooLargeError",
+    "VfioError",
+    "WrapDriveError",
+    "address_of",
+    "devices",
+    "request_queue",
+    "wd_mem_share",
+    "wd_mem_unshare",
+    "wd_recv",
+    "wd_recv_sync",
+    "wd_release_queue",
+    "wd_request_queue",
+    "wd_send",
+    "wd_send_sync",
+]
+__version__ = "0.1.0"

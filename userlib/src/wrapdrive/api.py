@@ -1,0 +1,100 @@
+"""The seed's user interface, call for call, plus the Pythonic entry points.
+
+Seed (C)                                   Python
+int  wd_request_queue(q, capa)             q = wd_request_queue(capa)
+void wd_release_queue(q)                   wd_release_queue(q)
+int  wd_send(q, req)                       wd_send(q, req) -> 0 | QueueFullError (EBUSY)
+int  wd_recv(q, &req)                      req = wd_recv(q) | QueueEmptyError (EAGAIN)
+int  wd_send_sync(q, req)                  wd_send_sync(q, req) -> 0
+int  wd_recv_sync(q, &req)                 req = wd_recv_sync(q)
+int  wd_mem_share(q, addr, size, flags)    wd_mem_share(q, addr, size, flags) -> 0
+void wd_mem_unshare(q, addr, size)         wd_mem_unshare(q, addr, size)
+
+QueueFullError/QueueEmptyError are BlockingIOError subclasses carrying the
+errno; neither call ever waits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import sysfs
+from .errors import BadRequestError, QueueEmptyError, QueueFullError, QueueReleasedError
+from .queue import Queue
+from .ring import Request
+from .selection import Capa
+from .uapi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER
+
+
+def _capa(capa: Capa | str, flags: int = 0) -> Capa:
+    if isinstance(capa, Capa):
+        return Capa(capa.algo_type, capa.flags | flags)
+    return Capa(capa, flags)
+
+
+def wd_request_queue(capa: Capa | str, flags: int = 0, *, root: Path = sysfs.SYSFS) -> Queue:
+    """A queue for ``capa`` (a Capa, or an algo_type with ``flags``) on the
+    best device: priority, then NUMA distance, then free queues."""
+    return Queue(_capa(capa, flags), root)
+
+
+def wd_release_queue(q: Queue) -> None:
+    q.close()
+
+
+def wd_send(q: Queue, req: Request) -> int:
+    """Post ``req``; raises QueueFullError (EBUSY) at once if the ring is full."""
+    if not q.send(req):
+        raise QueueFullError()
+    return 0
+
+
+def wd_recv(q: Queue) -> Request:
+    """A completed request; raises QueueEmptyError (EAGAIN) at once if none."""
+    req = q.recv()
+    if req is None:
+        raise QueueEmptyError()
+    return req
+
+
+def wd_send_sync(q: Queue, req: Request) -> int:
+    """Post ``req``; spins, then sleeps while the ring is full."""
+    q.send_sync(req)
+    return 0
+
+
+def wd_recv_sync(q: Queue, timeout: float | None = None) -> Request:
+    """The next completed request; spins, then sleeps on the queue's eventfd."""
+    return q.recv_sync(timeout)
+
+
+def wd_mem_share(q: Queue, addr: int, size: int, flags: int = 0) -> int:
+    """Let the device access [addr, addr+size) (VFIO_IOMMU_MAP_DMA; nothing to
+    do on a WD_CAPA_SHARE_ALL queue).  No flags are defined: pass 0."""
+    if q.released:
+        raise QueueReleasedError("queue was released")
+    if flags:
+        raise BadRequestError(f"wd_mem_share: unknown flags {flags:#x}")
+    q.memory.share(addr, size)
+    return 0
+
+
+def wd_mem_unshare(q: Queue, addr: int, size: int) -> None:
+    if q.released:
+        raise QueueReleasedError("queue was released")
+    q.memory.unshare(addr, size)
+
+
+def request_queue(algo_type: str, flags: int = 0, *, weak_order: bool = False,
+                  share_all: bool = False, root: Path = sysfs.SYSFS) -> Queue:
+    """``with wrapdrive.request_queue("sha256") as q: q.sha256(b"...")``"""
+    if weak_order:
+        flags |= WD_WEAK_ORDER
+    if share_all:
+        flags |= WD_CAPA_SHARE_ALL
+    return Queue(Capa(algo_type, flags), root)
+
+
+def devices(root: Path = sysfs.SYSFS) -> list[sysfs.Device]:
+    """Every WrapDrive device and its mdev types."""
+    return sysfs.scan(root)

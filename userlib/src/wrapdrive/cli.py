@@ -1,0 +1,172 @@
+"""The ``wrapdrive`` command: list devices, run an algorithm over files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import sysfs
+from .api import request_queue
+from .crc import crc32c_combine
+from .errors import WrapDriveError
+from .queue import Queue
+from .selection import flag_names
+from .uapi import WD_MAX_LEN
+
+ALGOS = ("sha256", "crc32c", "zlib")
+
+#: work bigger than this reports progress on stderr.
+PROGRESS_BYTES = 32 << 20
+
+
+def _device_dict(dev: sysfs.Device) -> dict[str, Any]:
+    return {
+        "name": dev.name,
+        "numa_zone": dev.numa_zone,
+        "priority": dev.priority,
+        "selectable": dev.selectable,
+        "types": [{
+            "name": t.name,
+            "algo_type": t.algo_type,
+            "flags": t.flags,
+            "flag_names": flag_names(t.flags),
+            "available_instances": t.available_instances,
+            "queues": len(t.devices),
+        } for t in dev.types],
+    }
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    devs = sysfs.scan(Path(args.sysfs))
+    if args.json:
+        json.dump([_device_dict(d) for d in devs], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if not devs:
+        print("no WrapDrive devices (is a driver such as wd_dummy loaded?)", file=sys.stderr)
+        return 1
+    for d in devs:
+        prio = f"{d.priority}" if d.selectable else f"{d.priority} (out of 1..100: disabled)"
+        print(f"{d.name}  numa_zone={d.numa_zone}  priority={prio}")
+        for t in d.types:
+            print(f"    {t.name:<28} algo_type={t.algo_type:<8} "
+                  f"flags={t.flags:#010x} ({flag_names(t.flags)})  "
+                  f"free={t.available_instances}  in use={len(t.devices)}")
+    return 0
+
+
+class Progress:
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.done = 0
+        self.enabled = enabled and total >= PROGRESS_BYTES
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def add(self, n: int, label: str) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.5 and self.done < self.total:
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-9) / (1 << 20)
+        pct = 100.0 * self.done / max(self.total, 1)
+        print(f"\r{label}: {pct:5.1f}% {self.done >> 20}/{self.total >> 20} MiB "
+              f"{rate:.1f} MiB/s", end="", file=sys.stderr, flush=True)
+        if self.done >= self.total:
+            print(file=sys.stderr)
+
+
+def _crc32c_file(q: Queue, path: str, prog: Progress) -> int:
+    crc = 0
+    first = True
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(WD_MAX_LEN)
+            if not chunk and not first:
+                break
+            c = q.crc32c(chunk)
+            crc = c if first else crc32c_combine(crc, c, len(chunk))
+            first = False
+            prog.add(len(chunk), path)
+            if len(chunk) < WD_MAX_LEN:
+                break
+    return crc
+
+
+def _read_limited(path: str, algo: str) -> bytes:
+    size = os.path.getsize(path)
+    if size > WD_MAX_LEN:
+        raise WrapDriveError(f"{path}: {size} bytes is over the device's per-request limit "
+                             f"of {WD_MAX_LEN} bytes, which {algo} cannot split")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    algo = args.algo
+    sizes = {}
+    for p in args.files:
+        try:
+            sizes[p] = os.path.getsize(p)
+        except OSError as exc:
+            print(f"wrapdrive: {p}: {exc.strerror}", file=sys.stderr)
+            return 1
+    prog = Progress(sum(sizes.values()), not args.quiet)
+    with request_queue(algo, weak_order=args.weak_order,
+                       share_all=args.share_all, root=Path(args.sysfs)) as q:
+        for p in args.files:
+            if algo == "crc32c":
+                print(f"{_crc32c_file(q, p, prog):08x}  {p}")
+                continue
+            data = _read_limited(p, algo)
+            if algo == "sha256":
+                print(f"{q.sha256(data).hex()}  {p}")
+            else:
+                out = q.compress(data)
+                with open(p + ".z", "wb") as f:
+                    f.write(out)
+                print(f"{p} -> {p}.z ({len(data)} -> {len(out)} bytes)")
+            prog.add(len(data), p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="wrapdrive",
+                                 description="WrapDrive accelerator queues over vfio-mdev")
+    ap.add_argument("--sysfs", default=str(sysfs.SYSFS), help=argparse.SUPPRESS)
+    sub = ap.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="devices, numa_zone, priority, capabilities, free queues")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=cmd_list)
+    run = sub.add_parser("run", help="run an algorithm over files on a device queue")
+    run.add_argument("algo", choices=ALGOS,
+                     help="sha256 (prints like sha256sum), crc32c (prints hex), "
+                          "zlib (writes FILE.z)")
+    run.add_argument("files", nargs="+", metavar="FILE")
+    run.add_argument("--weak-order", action="store_true",
+                     help="allow a weakly ordered (WD_WEAK_ORDER) queue")
+    run.add_argument("--share-all", action="store_true",
+                     help="ask for a WD_CAPA_SHARE_ALL (SVA) queue")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    run.set_defaults(func=cmd_run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc: int = args.func(args)
+        return rc
+    except WrapDriveError as exc:
+        print(f"wrapdrive: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 1
