@@ -1,0 +1,421 @@
+#!/usr/bin/env python3
+"""WrapDrive's build, lint and boot tool.
+
+Laid out like the kernel's KUnit tool (tools/testing/kunit/kunit.py): each step is a
+subcommand, and each step is a small function building a command line plus a thin
+layer running it, so the command lines are tested on the host without building or
+booting anything.
+
+  deps          add bookworm-backports, install the Debian packages (root)
+  kernels       fetch + unpack Debian's 6.1 and 6.12 into .cache/kernels/<name>
+  config PATH   check a kernel source tree's Kconfig symbols (--enable-missing fixes)
+  build         build wrapdrive.ko and wd_dummy.ko against a kernel into .cache/build/<name>
+  lint          checkpatch --strict and sparse on kernel/
+  run           boot a kernel with virtme-ng, load the modules, run a command
+
+Only the standard library is imported at start: `deps` runs before the venv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import kernels  # noqa: E402
+import vm  # noqa: E402
+
+REPO = kernels.REPO
+KERNEL_SRC = REPO / "kernel"
+BUILD_CACHE = REPO / ".cache" / "build"
+CHECKPATCH_DIR = REPO / ".cache" / "checkpatch"
+LINUX_SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
+KNOWN_KERNELS = ("6.1", "6.12")
+MODULES = tuple(f"{m}.ko" for m in vm.OUR_MODULES)
+
+# Build products never copied from kernel/ into a build folder, nor deleted from it.
+_PRODUCT = re.compile(
+    r"(\.o|\.ko|\.mod|\.mod\.c|\.cmd|\.a|\.d|\.tmp|\.order|\.symvers|\.dwo)$|^\.tmp|^Module\.symvers$|^modules\.order$"
+)
+
+
+def log(msg: str) -> None:
+    print(f"[build.py] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where modules for one kernel are built and what boots it."""
+
+    name: str  # build folder name under .cache/build
+    kdir: Path
+    image: Path | None  # None: a source tree not built yet
+    source_tree: Path | None = None  # set for a kernel source tree given as PATH
+
+    @property
+    def build_dir(self) -> Path:
+        return BUILD_CACHE / self.name
+
+
+def source_tree_name(path: Path) -> str:
+    """Build folder for a source tree: src-<basename>, unique per absolute path."""
+    import hashlib
+
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    return f"src-{path.resolve().name}-{digest}"
+
+
+def resolve_target(spec: str, prepare: bool = True) -> Target:
+    """6.1 / 6.12 (cached Debian kernels) or a PATH to a kernel source tree."""
+    if spec in KNOWN_KERNELS:
+        k = kernels.prepare_kernel(spec, log=log) if prepare else kernels.kernel(spec)
+        return Target(spec, k.kdir, k.image)
+    path = Path(spec).expanduser()
+    if not (path / "Kconfig").is_file() or not (path / "Makefile").is_file():
+        raise SystemExit(f"--kernel {spec}: neither {'/'.join(KNOWN_KERNELS)} nor a kernel source tree")
+    image = path / "arch/x86/boot/bzImage"
+    return Target(source_tree_name(path), path.resolve(), image if image.exists() else None, path.resolve())
+
+
+# --------------------------------------------------------------------------- command lines
+
+
+def make_modules_cmd(
+    kdir: Path, mdir: Path, *, jobs: int = 2, w: int = 1, sparse: int = 0, btf: bool = True
+) -> list[str]:
+    """make for our out-of-tree modules; sparse=2 checks every file (C=2)."""
+    cmd = ["make", "-C", str(kdir), f"M={mdir}", f"-j{jobs}"]
+    if w:
+        cmd.append(f"W={w}")
+    if sparse:
+        cmd.append(f"C={sparse}")
+    if not btf:
+        cmd.append("CONFIG_DEBUG_INFO_BTF_MODULES=")
+    cmd.append("modules")
+    return cmd
+
+
+def checkpatch_cmd(script: Path, files: Sequence[Path]) -> list[str]:
+    return ["perl", str(script), "--no-tree", "--strict", "--show-types", "--color=never", "-f", *map(str, files)]
+
+
+def checkpatch_extract_cmd(tarball: Path, dest: Path) -> list[str]:
+    top = "linux-source-6.1/scripts"
+    return [
+        "tar", "-xJf", str(tarball), "-C", str(dest), "--strip-components=2",
+        f"{top}/checkpatch.pl", f"{top}/spelling.txt", f"{top}/const_structs.checkpatch",
+    ]  # fmt: skip
+
+
+def compiler_warnings(output: str) -> list[str]:
+    return [ln for ln in output.splitlines() if re.search(r"\b(warning|error):", ln)]
+
+
+def kernel_sources(root: Path = KERNEL_SRC) -> list[Path]:
+    """The C sources and headers of kernel/ that lint checks."""
+    return sorted(p for p in root.rglob("*") if p.suffix in (".c", ".h") and p.is_file())
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def sync_tree(src: Path, dst: Path) -> list[str]:
+    """Mirror src's sources into dst keeping mtimes (make stays incremental); drop sources
+    that left src. Build products in dst are left alone. Returns the changed paths."""
+    changed: list[str] = []
+    want: set[Path] = set()
+    for f in sorted(src.rglob("*")):
+        rel = f.relative_to(src)
+        if f.is_dir() or _PRODUCT.search(f.name):
+            continue
+        want.add(rel)
+        out = dst / rel
+        st = f.stat()
+        if out.exists():
+            ost = out.stat()
+            if ost.st_size == st.st_size and int(ost.st_mtime) == int(st.st_mtime):
+                continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, out)
+        changed.append(str(rel))
+    if dst.exists():
+        for f in sorted(dst.rglob("*")):
+            rel = f.relative_to(dst)
+            if f.is_file() and not _PRODUCT.search(f.name) and rel not in want:
+                f.unlink()
+                changed.append(f"-{rel}")
+    return changed
+
+
+def have_pahole() -> bool:
+    return shutil.which("pahole") is not None
+
+
+def run_make(cmd: list[str]) -> tuple[int, str]:
+    log(shlex.join(cmd))
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    sys.stdout.write(proc.stdout)
+    sys.stdout.flush()
+    return proc.returncode, proc.stdout
+
+
+def build(target: Target, *, jobs: int = 2, werror: bool = False, build_dir: Path | None = None) -> Path:
+    """Copy kernel/ to the target's build folder and build both modules there."""
+    if not (KERNEL_SRC / "Kbuild").exists() and not (KERNEL_SRC / "Makefile").exists():
+        raise SystemExit(f"{KERNEL_SRC} has no Kbuild/Makefile yet")
+    out = build_dir or target.build_dir
+    out.mkdir(parents=True, exist_ok=True)
+    sync_tree(KERNEL_SRC, out)
+    t0 = time.monotonic()
+    rc, text = run_make(make_modules_cmd(target.kdir, out, jobs=jobs, btf=have_pahole()))
+    log(f"{target.name}: make finished in {time.monotonic() - t0:.1f}s, exit {rc}")
+    if rc:
+        raise SystemExit(f"{target.name}: module build failed")
+    missing = [m for m in MODULES if not (out / m).exists()]
+    if missing:
+        raise SystemExit(f"{target.name}: build produced no {', '.join(missing)} in {out}")
+    warnings = compiler_warnings(text)
+    if warnings and werror:
+        raise SystemExit(f"{target.name}: {len(warnings)} compiler warning(s) with W=1:\n" + "\n".join(warnings))
+    log(f"{target.name}: {' '.join(MODULES)} in {out} ({len(warnings)} warnings)")
+    return out
+
+
+def ensure_checkpatch() -> Path:
+    script = CHECKPATCH_DIR / "checkpatch.pl"
+    if script.exists():
+        return script
+    if not LINUX_SOURCE_TARBALL.exists():
+        raise SystemExit(f"{LINUX_SOURCE_TARBALL} missing: install linux-source-6.1 (tools/build.py deps)")
+    tmp = Path(tempfile.mkdtemp(dir=REPO / ".cache"))
+    subprocess.run(checkpatch_extract_cmd(LINUX_SOURCE_TARBALL, tmp), check=True)
+    if CHECKPATCH_DIR.exists():
+        shutil.rmtree(CHECKPATCH_DIR)
+    tmp.rename(CHECKPATCH_DIR)
+    return script
+
+
+def lint(spec: str = "6.1", *, jobs: int = 2) -> int:
+    """checkpatch --strict on kernel/*.[ch], then sparse (C=2) against one kernel."""
+    failed = 0
+    files = kernel_sources()
+    if not files:
+        raise SystemExit("kernel/ has no .c/.h files to lint")
+    script = ensure_checkpatch()
+    cmd = checkpatch_cmd(script, files)
+    log(shlex.join(cmd))
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    print(proc.stdout, end="")
+    if proc.returncode:
+        log("checkpatch --strict: FAILED")
+        failed += 1
+    else:
+        log("checkpatch --strict: clean")
+    target = resolve_target(spec)
+    out = BUILD_CACHE / f"{target.name}-sparse"
+    out.mkdir(parents=True, exist_ok=True)
+    sync_tree(KERNEL_SRC, out)
+    rc, text = run_make(make_modules_cmd(target.kdir, out, jobs=jobs, sparse=2, btf=have_pahole()))
+    warnings = compiler_warnings(text)
+    if rc or warnings:
+        log(f"sparse/W=1 on {target.name}: FAILED ({len(warnings)} warnings, make exit {rc})")
+        failed += 1
+    else:
+        log(f"sparse/W=1 on {target.name}: clean")
+    return 1 if failed else 0
+
+
+def check_config(tree: Path, enable_missing: bool = False) -> list[str]:
+    """Report (and optionally enable) the Kconfig symbols WrapDrive needs in tree/.config."""
+    import kconfig_check
+
+    dotconfig = tree / ".config"
+    kconf = kconfig_check.load(tree / "Kconfig", dotconfig)
+    missing = kconfig_check.missing_symbols(kconf)
+    if missing and enable_missing:
+        still = kconfig_check.enable_missing(kconf)
+        kconf.write_config(str(dotconfig))
+        enabled = [s for s in missing if s not in still]
+        if enabled:
+            log(f"{dotconfig}: enabled " + " ".join(f"CONFIG_{s}" for s in enabled))
+            log(f"now rebuild the kernel: make -C {tree} olddefconfig && make -C {tree} -j{os.cpu_count()}")
+        missing = still
+    if missing:
+        log(f"{dotconfig}: missing " + " ".join(f"CONFIG_{s}" for s in missing))
+    else:
+        log(f"{dotconfig}: every required symbol is set")
+    return missing
+
+
+def run(
+    target: Target,
+    command: Sequence[str],
+    *,
+    timeout: float,
+    load_modules: bool = True,
+    kvm: bool | None = None,
+    memory_mb: int = vm.DEFAULT_MEMORY_MB,
+    cpus: int = vm.DEFAULT_CPUS,
+    full_dmesg: bool = False,
+) -> int:
+    """Boot target, load the modules, run command; print the guest's dmesg; its status."""
+    if target.image is None:
+        raise SystemExit(f"{target.source_tree}: no arch/x86/boot/bzImage; build the kernel first")
+    mdir = target.build_dir if load_modules else None
+    if mdir is not None and not all((mdir / m).exists() for m in MODULES):
+        raise SystemExit(f"{mdir}: modules not built; run tools/build.py build --kernel {target.name}")
+    if kvm is None:
+        kvm = vm.use_kvm(target.image)
+    outdir = Path(tempfile.mkdtemp(prefix=f"run-{target.name}-", dir=_vm_cache()))
+    script = outdir / "run.sh"
+    script.write_text(vm.run_script(vm.guest_setup_script(mdir, target.name), command, outdir))
+    cmd = vm.vng_command(
+        target.image,
+        exec_cmd=f"bash {shlex.quote(str(script))}",
+        kvm=kvm,
+        cpus=cpus,
+        memory_mb=memory_mb,
+        rwdirs=[vm.VM_CACHE],
+        vng=vm.find_vng(),
+    )
+    log(f"booting {target.name} ({'KVM' if kvm else 'TCG'}), timeout {timeout:.0f}s")
+    res = vm.run_vng(cmd, timeout, echo=print)
+    status_file, dmesg_file = outdir / "status", outdir / "dmesg"
+    if dmesg_file.exists():
+        lines = dmesg_file.read_text(errors="replace").splitlines()
+        shown = lines if full_dmesg else dmesg_since_script(lines)
+        print(f"----- guest dmesg ({target.name}{'' if full_dmesg else ', since the command started'}) -----")
+        print("\n".join(shown))
+        print("----- end of guest dmesg -----")
+        splats = vm.find_splats(lines)
+        if splats:
+            log(f"WARNING: the guest's kernel log has {len(splats)} splat line(s):")
+            print("\n".join(splats))
+    if res.timed_out:
+        log(f"ERROR: guest ({target.name}) did not finish within {timeout:.0f}s; killed")
+        return 124
+    if not status_file.exists():
+        log(f"ERROR: guest ({target.name}) ended before the command finished (vng exit {res.returncode})")
+        return res.returncode or 1
+    rc = int(status_file.read_text().strip() or 1)
+    shutil.rmtree(outdir, ignore_errors=True)
+    log(f"{target.name}: command exited {rc} after {res.elapsed:.1f}s wall")
+    return rc
+
+
+def dmesg_since_script(lines: list[str]) -> list[str]:
+    """The kernel log from the moment virtme-ng started our script (boot noise dropped)."""
+    for i, ln in enumerate(lines):
+        if "virtme-ng-init: starting script" in ln:
+            return lines[i:]
+    return lines
+
+
+def _vm_cache() -> Path:
+    vm.VM_CACHE.mkdir(parents=True, exist_ok=True)
+    return vm.VM_CACHE
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tools/build.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("deps", help="add bookworm-backports and install the Debian packages (root)")
+    d.add_argument("--print", action="store_true", help="only list the packages")
+
+    k = sub.add_parser("kernels", help="fetch and unpack Debian's 6.1 and 6.12 into .cache/kernels")
+    k.add_argument("--kernel", action="append", choices=KNOWN_KERNELS, help="only this one (repeatable)")
+
+    c = sub.add_parser("config", help="check a kernel source tree's .config for what WrapDrive needs")
+    c.add_argument("tree", type=Path)
+    c.add_argument("--enable-missing", action="store_true", help="enable them with kconfiglib and write .config")
+
+    b = sub.add_parser("build", help="build wrapdrive.ko and wd_dummy.ko against a kernel")
+    b.add_argument("--kernel", default="6.1", help="6.1, 6.12 or PATH to a kernel source tree (default 6.1)")
+    b.add_argument("--enable-missing", action="store_true", help="PATH only: enable missing Kconfig symbols")
+    b.add_argument("--werror", action="store_true", help="fail on any W=1 warning")
+    b.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
+
+    li = sub.add_parser("lint", help="checkpatch.pl --strict and sparse (C=2) on kernel/")
+    li.add_argument("--kernel", default="6.1", help="kernel whose headers sparse uses (default 6.1)")
+
+    r = sub.add_parser("run", help="boot a kernel, load the modules, run CMD; exit with its status")
+    r.add_argument("--kernel", default="6.1", help="6.1, 6.12 or PATH (default 6.1)")
+    r.add_argument("--timeout", type=float, default=float(os.environ.get("WD_VM_TIMEOUT", vm.DEFAULT_BOOT_TIMEOUT)))
+    r.add_argument("--no-modules", action="store_true", help="do not load wrapdrive.ko / wd_dummy.ko")
+    r.add_argument("--build", action="store_true", help="build the modules first")
+    r.add_argument("--full-dmesg", action="store_true", help="print the whole guest log, boot included")
+    r.add_argument("--memory", type=int, default=vm.DEFAULT_MEMORY_MB, help="MiB, split over 2 NUMA nodes")
+    acc = r.add_mutually_exclusive_group()
+    acc.add_argument("--kvm", dest="kvm", action="store_true", default=None, help="force KVM")
+    acc.add_argument("--tcg", dest="kvm", action="store_false", help="force TCG (no KVM)")
+    r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...] (default: a shell check)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except kernels.SetupError as e:
+        print(f"tools/build.py {args.cmd}: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.cmd == "deps":
+        if args.print:
+            print(" ".join(kernels.APT_PACKAGES))
+            return 0
+        installed = kernels.ensure_apt_packages()
+        log("installed: " + (" ".join(installed) if installed else "nothing (all present)"))
+        return 0
+    if args.cmd == "kernels":
+        for name in args.kernel or KNOWN_KERNELS:
+            kernels.prepare_kernel(name, log=log)
+        return 0
+    if args.cmd == "config":
+        return 1 if check_config(args.tree, args.enable_missing) else 0
+    if args.cmd == "build":
+        target = resolve_target(args.kernel)
+        if target.source_tree is not None:
+            if check_config(target.source_tree, args.enable_missing):
+                return 1
+            if not (target.source_tree / "Module.symvers").exists():
+                raise SystemExit(f"{target.source_tree}: not built (no Module.symvers); build the kernel first")
+        build(target, jobs=args.jobs, werror=args.werror)
+        return 0
+    if args.cmd == "lint":
+        return lint(args.kernel)
+    if args.cmd == "run":
+        command = list(args.command)
+        if command and command[0] == "--":
+            command = command[1:]
+        if not command:
+            command = ["sh", "-c", "lsmod; ls /sys/class/mdev_bus"]
+        target = resolve_target(args.kernel)
+        if args.build and not args.no_modules:
+            build(target)
+        return run(target, command, timeout=args.timeout, load_modules=not args.no_modules, kvm=args.kvm, memory_mb=args.memory, full_dmesg=args.full_dmesg)
+    raise AssertionError(args.cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
