@@ -174,7 +174,9 @@ def reclaim(devices: Iterable[Device], root: Path = sysfs.SYSFS,
     return removed
 
 
-EXHAUSTED = (errno.ENOSPC, errno.EDQUOT)
+#: create fails with these when a device is out of queues (the mdev core of
+#: Linux 6.1 and 6.12 reports EUSERS; drivers may use ENOSPC or EDQUOT).
+EXHAUSTED = (errno.ENOSPC, errno.EDQUOT, errno.EUSERS)
 
 
 def create_queue_mdev(capa: Capa, root: Path = sysfs.SYSFS,

@@ -1,0 +1,74 @@
+"""The ``wrapdrive`` command on fake sysfs trees (host; no device is opened)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from wrapdrive import cli
+from wrapdrive.fakesysfs import FakeDevice, FakeType, build
+from wrapdrive.uapi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER
+
+
+def tree(tmp_path: Path) -> Path:
+    types = [FakeType("sha256", "sha256", 0, 7), FakeType("crc32c-weak", "crc32c", WD_WEAK_ORDER, 3),
+             FakeType("sha256-sva", "sha256", WD_CAPA_SHARE_ALL, 0)]
+    return build(tmp_path, [FakeDevice("wd_dummy.0", 0, 10, types=types),
+                            FakeDevice("wd_dummy.1", 1, 101, types=types[:1])])
+
+
+def test_list_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--sysfs", str(tree(tmp_path)), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "wd_dummy.0  numa_zone=0  priority=10" in out
+    assert "wd_dummy.1  numa_zone=1  priority=101 (out of 1..100: disabled)" in out
+    assert "wd_dummy-crc32c-weak" in out and "(WD_WEAK_ORDER)" in out and "free=3" in out
+    assert "flags=0x00000001 (WD_CAPA_SHARE_ALL)" in out
+
+
+def test_list_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--sysfs", str(tree(tmp_path)), "list", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["name"] for d in data] == ["wd_dummy.0", "wd_dummy.1"]
+    d0 = data[0]
+    assert d0["numa_zone"] == 0 and d0["priority"] == 10 and d0["selectable"]
+    assert not data[1]["selectable"]
+    t = {x["name"]: x for x in d0["types"]}
+    assert t["wd_dummy-sha256"]["available_instances"] == 7
+    assert t["wd_dummy-crc32c-weak"]["flags"] == WD_WEAK_ORDER
+    assert t["wd_dummy-sha256-sva"]["flag_names"] == "WD_CAPA_SHARE_ALL"
+
+
+def test_list_without_devices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--sysfs", str(tmp_path), "list"]) == 1
+    assert "no WrapDrive devices" in capsys.readouterr().err
+    assert cli.main(["--sysfs", str(tmp_path), "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_run_without_a_device_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "data"
+    f.write_bytes(b"x")
+    assert cli.main(["--sysfs", str(tree(tmp_path)), "run", "zlib", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert "no device offers algo_type 'zlib'" in err and "wd_dummy.0" in err
+
+
+def test_run_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--sysfs", str(tree(tmp_path)), "run", "sha256",
+                     str(tmp_path / "nope")]) == 1
+    assert "nope" in capsys.readouterr().err
+
+
+def test_there_is_no_bench_placeholder() -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["bench"])
+
+
+def test_python_dash_m_entry_point() -> None:
+    out = subprocess.run([sys.executable, "-m", "wrapdrive", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "list" in out and "run" in out and "bench" not in out
