@@ -101,6 +101,7 @@ def test_weak_order_type_only_when_allowed(tmp_path: Path) -> None:
     assert {c.mtype.name for c in strict} == {"wd_dummy-crc32c"}
     weak = rank(devs, Capa("crc32c", WD_WEAK_ORDER), 0, DIST)
     assert {c.mtype.name for c in weak} == {"wd_dummy-crc32c", "wd_dummy-crc32c-weak"}
+    assert weak[0].mtype.name == "wd_dummy-crc32c-weak"  # asked for: preferred
 
 
 def test_flags_must_cover_the_request(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ Ranking (the seed's rules, then ours):
   4. smaller NUMA distance from the calling CPU's node to the device's
      numa_zone first;
   5. more free instances first;
-  6. fewer capability flags the request did not ask for, then names.
+  6. the type whose flags differ least from the request's (so a request
+     allowing weak order gets the weakly ordered type, one that does not
+     ask for WD_CAPA_SHARE_ALL gets the plain type), then names.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def rank(devices: Iterable[Device], capa: Capa, node: int | None,
                 out.append(Candidate(dev, t, distance(distances, node, dev.numa_zone)))
     out.sort(key=lambda c: (c.device.priority or 0, c.distance,
                             -c.mtype.available_instances,
-                            bin(c.mtype.flags & ~capa.flags).count("1"),
+                            bin(c.mtype.flags ^ capa.flags).count("1"),
                             c.device.name, c.mtype.name))
     return out
 
