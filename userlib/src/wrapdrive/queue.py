@@ -10,6 +10,7 @@ helpers (sha256, crc32c, copy, compress, decompress, batches).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import select
@@ -46,7 +47,16 @@ def _forget_in_child() -> None:
         q._abandon()
 
 
+def _release_all_at_exit() -> None:
+    # A queue the program forgot to release goes back to the pool now rather
+    # than waiting for the next process's reclaim.
+    for q in list(_live_queues):
+        with contextlib.suppress(Exception):  # best effort at interpreter exit
+            q.close(drain_timeout=0.2)
+
+
 os.register_at_fork(after_in_child=_forget_in_child)
+atexit.register(_release_all_at_exit)
 
 
 class Queue:
@@ -256,17 +266,18 @@ class Queue:
         r, _, _ = select.select([self.efd], [], [], timeout)
         if r:
             self._drain_eventfd()
-            if not ring.completion_pending():
-                self._probe_alive()
+            # Ask the kernel before touching the ring again: a dead queue's
+            # mappings are zapped and a read would be SIGBUS.
+            self._probe_alive()
 
     def _drain_eventfd(self) -> None:
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self.efd)
 
     def _probe_alive(self) -> None:
-        """A wake-up without a completion: ask the kernel whether the queue
-        still exists (a dead queue's ioctls fail with ENODEV) before touching
-        its mappings again."""
+        """After a wake-up: ask the kernel whether the queue still exists
+        (a dead queue's ioctls fail with ENODEV) before touching its mappings
+        again.  Only the sleeping path pays for this ioctl."""
         assert self.device is not None
         try:
             self.device.info()
@@ -378,8 +389,7 @@ class Queue:
             loop.add_reader(self.efd, self._on_eventfd)
             self._async_loop = loop
         await fut
-        if not ring.completion_pending():
-            self._probe_alive()
+        self._probe_alive()
 
     async def recv_async(self) -> Request:
         """The next completed request; the event loop sleeps on the eventfd."""
