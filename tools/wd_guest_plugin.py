@@ -1,9 +1,10 @@
 """pytest plugin loaded INSIDE a guest (`-p wd_guest_plugin`): records, per test, its
-outcome, its failure text and the kernel log lines it caused, into a JSON report the
-host-side runner (tests/qemu/conftest.py) reads back.  Standard library only."""
+outcome, its failure text and the kernel log lines it caused, as JSON lines the
+host-side runner (tests/qemu/conftest.py) reads back.  Standard library + pytest only."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 from pathlib import Path
@@ -55,23 +56,46 @@ def format_record(rec: str) -> str:
         return text
 
 
+def _new(nodeid: str) -> dict[str, Any]:
+    return {"nodeid": nodeid, "outcome": "passed", "longrepr": "", "kmsg": [], "duration": 0.0}
+
+
 class Recorder:
-    def __init__(self, report: Path) -> None:
-        self.report = report
+    """Appends one JSON line per event to the report, flushed at once, so the host learns
+    which test was running even when the guest dies in the middle of it."""
+
+    def __init__(self, report: Path, test_timeout: float, rootpath: Path) -> None:
+        self.rootpath = rootpath
+        self.report = report.open("a", buffering=1)
         self.kmsg = KmsgReader()
         self.tests: dict[str, dict[str, Any]] = {}
         self.outside: list[str] = []
+        self.test_timeout = test_timeout
+        # pytest captures fd 2 during a test, so a hang's stack dump goes to its own file
+        self.hang_dump = (report.parent / "hang-traceback.txt").open("w")
+
+    def emit(self, **rec: Any) -> None:
+        if "nodeid" in rec:  # the file as an absolute path: nodeids are relative to rootdir
+            rec["path"] = str((self.rootpath / rec["nodeid"].split("::", 1)[0]).resolve())
+        self.report.write(json.dumps(rec) + "\n")
+        self.report.flush()
+        os.fsync(self.report.fileno())
 
     @pytest.hookimpl
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
         self.outside += self.kmsg.drain()
-        self.tests.setdefault(nodeid, {"nodeid": nodeid, "outcome": "passed", "longrepr": "", "kmsg": [], "duration": 0.0})
+        self.tests[nodeid] = _new(nodeid)
+        self.emit(event="start", nodeid=nodeid)
+        if self.test_timeout > 0:
+            # a hung test: dump every thread's stack and end the process (the host then
+            # reports this test as hung, with the dump in the output)
+            self.hang_dump.write(f"--- {nodeid} did not finish within {self.test_timeout:.0f}s ---\n")
+            self.hang_dump.flush()
+            faulthandler.dump_traceback_later(self.test_timeout, exit=True, file=self.hang_dump)
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        t = self.tests.setdefault(
-            report.nodeid, {"nodeid": report.nodeid, "outcome": "passed", "longrepr": "", "kmsg": [], "duration": 0.0}
-        )
+        t = self.tests.setdefault(report.nodeid, _new(report.nodeid))
         t["duration"] += report.duration
         if report.failed:
             t["outcome"] = "failed" if report.when == "call" else "error"
@@ -84,32 +108,32 @@ class Recorder:
 
     @pytest.hookimpl
     def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
-        if nodeid in self.tests:
-            self.tests[nodeid]["kmsg"] += self.kmsg.drain()
+        faulthandler.cancel_dump_traceback_later()
+        t = self.tests.pop(nodeid, _new(nodeid))
+        t["kmsg"] += self.kmsg.drain()
+        self.emit(event="result", **t)
 
     @pytest.hookimpl
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
-            self.tests[f"{report.nodeid}::<collect>"] = {
-                "nodeid": f"{report.nodeid}::<collect>",
-                "outcome": "error",
-                "longrepr": report.longreprtext,
-                "kmsg": self.kmsg.drain(),
-                "duration": 0.0,
-            }
+            t = _new(f"{report.nodeid}::<collect>")
+            t.update(outcome="error", longrepr=report.longreprtext, kmsg=self.kmsg.drain())
+            self.emit(event="result", **t)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.outside += self.kmsg.drain()
-        data = {"exitstatus": int(exitstatus), "tests": list(self.tests.values()), "kmsg_outside_tests": self.outside}
-        self.report.write_text(json.dumps(data, indent=1))
+        self.emit(event="session", exitstatus=int(exitstatus), kmsg=self.outside)
+        self.report.close()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--wd-report", default=None, help="write per-test results + kernel log (JSON) here")
+    parser.addoption("--wd-report", default=None, help="append per-test results + kernel log (JSON lines) here")
+    parser.addoption("--wd-test-timeout", type=float, default=0.0, help="end the run when one test takes longer")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     path = config.getoption("--wd-report")
     if path:
-        config.pluginmanager.register(Recorder(Path(path)), "wd-recorder")
+        timeout = float(config.getoption("--wd-test-timeout"))
+        config.pluginmanager.register(Recorder(Path(path), timeout, Path(config.rootpath)), "wd-recorder")

@@ -6,7 +6,7 @@ Options (also settable by environment):
   --kernel K          6.1, 6.12 or a kernel source tree; repeatable ($WD_KERNELS="6.1,6.12")
   --guest-tests PATH  folder (or file) of in-guest tests ($WD_GUEST_TESTS; default tests/qemu/guest)
   --vm-timeout S      limit for one guest's whole run ($WD_VM_TIMEOUT; default 1500)
-  --guest-file-timeout S   limit for one in-guest file (default 300)
+  --guest-test-timeout S   limit for one in-guest test (default 300)
 
 The guest: 2 vCPUs in 2 NUMA nodes, 2 GiB; KVM when the probe says it works, else TCG;
 vfio, vfio_iommu_type1, mdev, wrapdrive.ko and wd_dummy.ko loaded (freshly built from
@@ -36,13 +36,16 @@ import vm  # noqa: E402
 
 DEFAULT_GUEST_TESTS = REPO / "tests" / "qemu" / "guest"
 
+# The in-guest files are run inside the guest by tools/guest_runner.py, never on the host.
+collect_ignore = ["guest"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("wrapdrive VM suite")
     g.addoption("--kernel", action="append", default=None, help="6.1, 6.12 or PATH; repeatable")
     g.addoption("--guest-tests", default=None, help="folder or file of in-guest pytest files")
     g.addoption("--vm-timeout", type=float, default=None, help="seconds for one guest's whole run")
-    g.addoption("--guest-file-timeout", type=float, default=300.0, help="seconds for one in-guest file")
+    g.addoption("--guest-test-timeout", type=float, default=300.0, help="seconds for one in-guest test")
 
 
 def selected_kernels(config: pytest.Config) -> list[str]:
@@ -82,23 +85,55 @@ class GuestRun:
     vng_rc: int
     files: list[Path]
     preamble: dict[str, Any] = field(default_factory=dict)
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    pytest_info: dict[str, Any] = field(default_factory=dict)
+    pytest_output: str = ""
     boot_seconds: float = 0.0
 
     def console_tail(self, n: int = 60) -> str:
         return "\n".join(self.console.splitlines()[-n:])
 
-    def result_for(self, f: Path) -> dict[str, Any]:
-        if str(f) in self.results:
-            return self.results[str(f)]
-        idx = self.files.index(f)
-        started = (self.outdir / f"{idx:03d}.started").exists()
-        why = "timed out" if self.timed_out else f"ended (vng exit {self.vng_rc})"
-        if started:
-            msg = f"the guest {why} while running {f.name}: it crashed or hung there"
-        else:
-            msg = f"the guest {why} before {f.name} ran"
-        pytest.fail(f"[{self.kernel}] {msg}\n--- console tail ---\n{self.console_tail()}", pytrace=False)
+    def output_tail(self, n: int = 6000) -> str:
+        return self.pytest_output[-n:]
+
+    def results_for(self, f: Path) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["event"] == "result" and Path(r["path"]) == f.resolve()]
+
+    def unfinished_in(self, f: Path) -> list[str]:
+        """Tests of f that started and never reported: the guest or pytest died there."""
+        done = {r["nodeid"] for r in self.results_for(f)}
+        return [
+            r["nodeid"]
+            for r in self.records
+            if r["event"] == "start" and Path(r["path"]) == f.resolve() and r["nodeid"] not in done
+        ]
+
+    @property
+    def session(self) -> dict[str, Any] | None:
+        for r in self.records:
+            if r["event"] == "session":
+                return r
+        return None
+
+    def ended_why(self) -> str:
+        if self.timed_out:
+            return "the guest timed out (killed)"
+        if self.pytest_info.get("timed_out"):
+            return "the in-guest pytest run timed out"
+        if not self.pytest_info:
+            return f"the guest ended before pytest finished (vng exit {self.vng_rc})"
+        return f"the in-guest pytest ended abnormally (exit {self.pytest_info.get('returncode')})"
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass  # a line cut by a guest that died mid-write
+    return out
 
 
 def boot_and_run(kernel_spec: str, files: list[Path], config: pytest.Config) -> GuestRun:
@@ -110,15 +145,17 @@ def boot_and_run(kernel_spec: str, files: list[Path], config: pytest.Config) -> 
     outdir = vm.VM_CACHE / f"pytest-{target.name}-{os.getpid()}"
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
-    per_file = float(config.getoption("--guest-file-timeout"))
-    total = config.getoption("--vm-timeout") or float(os.environ.get("WD_VM_TIMEOUT", 0) or 0)
-    total = total or 300.0 + per_file * max(1, len(files))
-    runner = [sys.executable, str(REPO / "tools" / "guest_runner.py"), "--out", str(outdir), "--timeout", str(per_file)]
+    per_test = float(config.getoption("--guest-test-timeout"))
+    total = config.getoption("--vm-timeout") or float(os.environ.get("WD_VM_TIMEOUT", 0) or 0) or 1500.0
+    runner = [sys.executable, str(REPO / "tools" / "guest_runner.py"), "--out", str(outdir)]
+    runner += ["--test-timeout", str(per_test), "--timeout", str(max(60.0, total - 120.0))]
     runner += [str(f) for f in files]
     script = outdir / "guest.sh"
     script.write_text(vm.guest_setup_script(target.build_dir, target.name) + "exec " + shlex.join(runner) + "\n")
     kvm = vm.use_kvm(target.image)
-    cmd = vm.vng_command(target.image, exec_cmd=f"bash {shlex.quote(str(script))}", kvm=kvm, rwdirs=[vm.VM_CACHE], vng=vm.find_vng())
+    cmd = vm.vng_command(
+        target.image, exec_cmd=f"bash {shlex.quote(str(script))}", kvm=kvm, rwdirs=[vm.VM_CACHE], vng=vm.find_vng()
+    )
     print(f"\n[wd] booting {target.name} ({'KVM' if kvm else 'TCG'}) for {len(files)} guest file(s), limit {total:.0f}s")
     res = vm.run_vng(cmd, total)
     (outdir / "console.log").write_text(res.output)
@@ -127,22 +164,29 @@ def boot_and_run(kernel_spec: str, files: list[Path], config: pytest.Config) -> 
     if not pre.exists():
         why = f"timed out after {total:.0f}s" if res.timed_out else f"vng exited {res.returncode}"
         pytest.fail(
-            f"[{target.name}] guest setup failed ({why}): no modules loaded or no shell\n"
+            f"[{target.name}] guest setup failed ({why}): modules not loaded or no shell\n"
             f"--- console tail ---\n{run.console_tail()}",
             pytrace=False,
         )
     run.preamble = json.loads(pre.read_text())
-    for i, f in enumerate(files):
-        rf = outdir / f"{i:03d}.json"
-        if rf.exists():
-            run.results[str(f)] = json.loads(rf.read_text())
-    started = [ln for ln in run.preamble.get("dmesg", []) if "virtme-ng-init: starting script" in ln]
-    if started:
-        try:
-            run.boot_seconds = float(started[0].split("]")[0].strip("[ "))
-        except ValueError:
-            pass
-    print(f"[wd] {target.name}: guest ran {res.elapsed:.1f}s wall (script started at {run.boot_seconds:.1f}s guest uptime)")
+    run.records = _read_jsonl(outdir / "report.jsonl")
+    if (outdir / "pytest.json").exists():
+        run.pytest_info = json.loads((outdir / "pytest.json").read_text())
+    if (outdir / "pytest.out").exists():
+        run.pytest_output = (outdir / "pytest.out").read_text(errors="replace")
+    hang = outdir / "hang-traceback.txt"
+    if hang.exists() and "Thread" in hang.read_text(errors="replace"):
+        run.pytest_output += "\n--- stacks of the hung test ---\n" + hang.read_text(errors="replace")
+    for ln in run.preamble.get("dmesg", []):
+        if "virtme-ng-init: starting script" in ln:
+            try:
+                run.boot_seconds = float(ln.split("]")[0].strip("[ "))
+            except ValueError:
+                pass
+    print(
+        f"[wd] {target.name}: guest ran {res.elapsed:.1f}s wall; script started at {run.boot_seconds:.1f}s"
+        f" guest uptime; in-guest pytest {run.pytest_info.get('duration', '?')}s"
+    )
     return run
 
 

@@ -1,6 +1,7 @@
-"""The VM suite: per kernel, one boot (see conftest.py); here, one host-side test that the
-guest came up with the modules loaded and a clean kernel log, and one test per in-guest
-file, with each in-guest test reported as a subtest."""
+"""The VM suite: per kernel, one boot (see conftest.py).  Host-side tests here: the guest
+came up with the modules loaded and a clean kernel log; one test per in-guest file, each
+in-guest test reported as a subtest (failure text and kernel log splats included); the
+in-guest pytest run as a whole ended normally with a clean log between tests."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 import vm
 
-GuestRun = Any  # conftest.GuestRun (conftest modules are not importable by name)
+GuestRun = Any  # conftest.GuestRun (a conftest module is not importable by name)
 
 
 def _splat_message(where: str, lines: list[str], context: list[str]) -> str:
@@ -29,9 +30,9 @@ def test_guest_boots_with_modules(wd_kernel: str, guest_run: GuestRun) -> None:
 
 
 def test_guest_file(wd_kernel: str, guest_file: Path, guest_run: GuestRun, subtests: Any) -> None:
-    res = guest_run.result_for(guest_file)
-    tests: list[dict[str, Any]] = res["tests"]
-    for t in tests:
+    head = f"[{guest_run.kernel}] {guest_file.name}"
+    results = guest_run.results_for(guest_file)
+    for t in results:
         name = t["nodeid"].split("::", 1)[-1]
         with subtests.test(msg=name):
             if t["outcome"] == "skipped":
@@ -39,10 +40,28 @@ def test_guest_file(wd_kernel: str, guest_file: Path, guest_run: GuestRun, subte
             assert t["outcome"] == "passed", f"[{guest_run.kernel}] {t['nodeid']} {t['outcome']}:\n{t['longrepr']}"
             splats = vm.find_splats(t["kmsg"])
             assert not splats, _splat_message(f"[{guest_run.kernel}] {t['nodeid']}", splats, t["kmsg"])
-    head = f"[{guest_run.kernel}] {guest_file.name}"
-    assert not res["timed_out"], f"{head}: timed out in the guest\n{res['output'][-4000:]}"
-    # pytest exit 0 = all passed; 5 = no test collected, which is a broken file here
-    assert res["returncode"] == 0, f"{head}: guest pytest exited {res['returncode']}\n{res['output'][-6000:]}"
-    assert tests, f"{head}: no test ran in the guest\n{res['output'][-4000:]}"
-    splats = vm.find_splats(res["kmsg"])
-    assert not splats, _splat_message(head, splats, res["kmsg"])
+    hung = guest_run.unfinished_in(guest_file)
+    assert not hung, (
+        f"{head}: {guest_run.ended_why()} while running {', '.join(hung)}\n"
+        f"--- in-guest output ---\n{guest_run.output_tail()}\n--- console ---\n{guest_run.console_tail()}"
+    )
+    assert results, (
+        f"{head}: no test of this file ran in the guest ({guest_run.ended_why() if not guest_run.session else 'none collected'})"
+        f"\n--- in-guest output ---\n{guest_run.output_tail()}"
+    )
+
+
+def test_guest_session(wd_kernel: str, guest_run: GuestRun) -> None:
+    """The in-guest pytest run ended by itself, and nothing splatted outside any test."""
+    session = guest_run.session
+    assert session is not None and guest_run.pytest_info, (
+        f"[{guest_run.kernel}] {guest_run.ended_why()}\n--- in-guest output ---\n{guest_run.output_tail()}"
+        f"\n--- console ---\n{guest_run.console_tail()}"
+    )
+    # 0: all passed; 1: some failed (reported per test above); anything else is a crash,
+    # an internal error, a usage error or no test collected
+    assert session["exitstatus"] in (0, 1), (
+        f"[{guest_run.kernel}] in-guest pytest exit status {session['exitstatus']}\n{guest_run.output_tail()}"
+    )
+    splats = vm.find_splats(session["kmsg"])
+    assert not splats, _splat_message(f"[{guest_run.kernel}] outside tests", splats, session["kmsg"])
