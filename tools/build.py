@@ -209,8 +209,8 @@ def ensure_checkpatch() -> Path:
     return script
 
 
-def lint(spec: str = "6.1", *, jobs: int = 2) -> int:
-    """checkpatch --strict on kernel/*.[ch], then sparse (C=2) against one kernel."""
+def lint(specs: Sequence[str] = ("6.1",), *, jobs: int = 2) -> int:
+    """checkpatch --strict on kernel/*.[ch], then sparse (C=2) with W=1 against each kernel."""
     failed = 0
     files = kernel_sources()
     if not files:
@@ -225,17 +225,18 @@ def lint(spec: str = "6.1", *, jobs: int = 2) -> int:
         failed += 1
     else:
         log("checkpatch --strict: clean")
-    target = resolve_target(spec)
-    out = BUILD_CACHE / f"{target.name}-sparse"
-    out.mkdir(parents=True, exist_ok=True)
-    sync_tree(KERNEL_SRC, out)
-    rc, text = run_make(make_modules_cmd(target.kdir, out, jobs=jobs, sparse=2, btf=have_pahole()))
-    warnings = compiler_warnings(text)
-    if rc or warnings:
-        log(f"sparse/W=1 on {target.name}: FAILED ({len(warnings)} warnings, make exit {rc})")
-        failed += 1
-    else:
-        log(f"sparse/W=1 on {target.name}: clean")
+    for spec in specs:
+        target = resolve_target(spec)
+        out = BUILD_CACHE / f"{target.name}-sparse"
+        out.mkdir(parents=True, exist_ok=True)
+        sync_tree(KERNEL_SRC, out)
+        rc, text = run_make(make_modules_cmd(target.kdir, out, jobs=jobs, sparse=2, btf=have_pahole()))
+        warnings = compiler_warnings(text)
+        if rc or warnings:
+            log(f"sparse/W=1 on {target.name}: FAILED ({len(warnings)} warnings, make exit {rc})")
+            failed += 1
+        else:
+            log(f"sparse/W=1 on {target.name}: clean")
     return 1 if failed else 0
 
 
@@ -334,7 +335,9 @@ def _vm_cache() -> Path:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tools/build.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tools/build.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("deps", help="add bookworm-backports and install the Debian packages (root)")
@@ -354,7 +357,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
 
     li = sub.add_parser("lint", help="checkpatch.pl --strict and sparse (C=2) on kernel/")
-    li.add_argument("--kernel", default="6.1", help="kernel whose headers sparse uses (default 6.1)")
+    li.add_argument("--kernel", action="append", help="kernel(s) whose headers sparse uses (default 6.1)")
 
     r = sub.add_parser("run", help="boot a kernel, load the modules, run CMD; exit with its status")
     r.add_argument("--kernel", default="6.1", help="6.1, 6.12 or PATH (default 6.1)")
@@ -403,7 +406,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         build(target, jobs=args.jobs, werror=args.werror)
         return 0
     if args.cmd == "lint":
-        return lint(args.kernel)
+        return lint(args.kernel or ["6.1"])
     if args.cmd == "run":
         command = list(args.command)
         if command and command[0] == "--":
@@ -413,7 +416,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         target = resolve_target(args.kernel)
         if args.build and not args.no_modules:
             build(target)
-        return run(target, command, timeout=args.timeout, load_modules=not args.no_modules, kvm=args.kvm, memory_mb=args.memory, full_dmesg=args.full_dmesg)
+        return run(
+            target,
+            command,
+            timeout=args.timeout,
+            load_modules=not args.no_modules,
+            kvm=args.kvm,
+            memory_mb=args.memory,
+            full_dmesg=args.full_dmesg,
+        )
     raise AssertionError(args.cmd)
 
 

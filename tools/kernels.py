@@ -152,8 +152,7 @@ def ensure_backports(sources: dict[Path, str] | None = None) -> bool:
         raise SetupError("no apt source serves 'bookworm': cannot derive bookworm-backports")
     if not is_root():
         raise SetupError(
-            "bookworm-backports is not in the apt sources and adding it needs root:\n"
-            "  sudo python3 tools/build.py deps"
+            "bookworm-backports is not in the apt sources and adding it needs root:\n  sudo python3 tools/build.py deps"
         )
     BACKPORTS_FILE.write_text(stanza)
     return True
@@ -185,8 +184,7 @@ def ensure_apt_packages(packages: Sequence[str] = APT_PACKAGES) -> list[str]:
         return []
     if not is_root():
         raise SetupError(
-            "missing Debian packages: " + " ".join(missing) + "\nrun as root: "
-            "sudo python3 tools/build.py deps"
+            "missing Debian packages: " + " ".join(missing) + "\nrun as root: sudo python3 tools/build.py deps"
         )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env)

@@ -105,9 +105,7 @@ def probe_kvm(
 
 def _run_probe(cmd: list[str], timeout: float) -> str | None:
     try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, errors="replace", timeout=timeout, check=False
-        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout, check=False)
     except (subprocess.TimeoutExpired, OSError):
         return None
     return proc.stdout + proc.stderr
@@ -268,7 +266,7 @@ def guest_setup_script(
         f"export WD_KERNEL={q(kernel_name)}",
         "export PYTHONDONTWRITEBYTECODE=1",
         "mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug",
-        "wd_die() { echo \"wd-guest: $*\" >&2; dmesg | tail -n 40 >&2; exit 125; }",
+        'wd_die() { echo "wd-guest: $*" >&2; dmesg | tail -n 40 >&2; exit 125; }',
     ]
     lines += cached_mount_lines(python_dirs() if cached_dirs is None else cached_dirs)
     for m in stock:
@@ -282,7 +280,7 @@ def guest_setup_script(
                 f"[ -f {ko} ] || wd_die 'missing {module_dir}/{m}.ko: run tools/build.py build'",
                 # load the stock modules ours need (insmod does not resolve them)
                 f"for d in $(modinfo -F depends {ko} | tr , ' '); do",
-                f"  case \" {ours_set} \" in *\" $d \"*) ;; *) modprobe \"$d\" || wd_die \"modprobe $d\";; esac",
+                f'  case " {ours_set} " in *" $d "*) ;; *) modprobe "$d" || wd_die "modprobe $d";; esac',
                 "done",
                 f"grep -q '^{m} ' /proc/modules || insmod {ko} || wd_die 'insmod {m}.ko failed'",
             ]

@@ -156,7 +156,9 @@ def boot_and_run(kernel_spec: str, files: list[Path], config: pytest.Config) -> 
     cmd = vm.vng_command(
         target.image, exec_cmd=f"bash {shlex.quote(str(script))}", kvm=kvm, rwdirs=[vm.VM_CACHE], vng=vm.find_vng()
     )
-    print(f"\n[wd] booting {target.name} ({'KVM' if kvm else 'TCG'}) for {len(files)} guest file(s), limit {total:.0f}s")
+    print(
+        f"\n[wd] booting {target.name} ({'KVM' if kvm else 'TCG'}) for {len(files)} guest file(s), limit {total:.0f}s"
+    )
     res = vm.run_vng(cmd, total)
     (outdir / "console.log").write_text(res.output)
     run = GuestRun(target.name, outdir, res.output, res.elapsed, res.timed_out, res.returncode, files)

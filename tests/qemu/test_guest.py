@@ -45,10 +45,9 @@ def test_guest_file(wd_kernel: str, guest_file: Path, guest_run: GuestRun, subte
         f"{head}: {guest_run.ended_why()} while running {', '.join(hung)}\n"
         f"--- in-guest output ---\n{guest_run.output_tail()}\n--- console ---\n{guest_run.console_tail()}"
     )
-    assert results, (
-        f"{head}: no test of this file ran in the guest ({guest_run.ended_why() if not guest_run.session else 'none collected'})"
-        f"\n--- in-guest output ---\n{guest_run.output_tail()}"
-    )
+    why = "none collected" if guest_run.session else guest_run.ended_why()
+    out = guest_run.output_tail()
+    assert results, f"{head}: no test of this file ran in the guest ({why})\n--- in-guest output ---\n{out}"
 
 
 def test_guest_session(wd_kernel: str, guest_run: GuestRun) -> None:

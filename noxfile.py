@@ -1,0 +1,77 @@
+"""WrapDrive's sessions.  `nox` alone runs what CI runs: lint, unit, build, vm-6.1, vm-6.12.
+
+All sessions use the project's one venv (.venv, made by tools/bootstrap.sh with
+tools/requirements.txt and `pip install -e userlib`) instead of a venv each: the VM
+sessions need that venv anyway (the guest runs the host's Python), and CI stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+REPO = Path(__file__).resolve().parent
+VENV_PY = REPO / ".venv" / "bin" / "python"
+PY = str(VENV_PY) if VENV_PY.exists() else sys.executable
+BUILD = [PY, str(REPO / "tools" / "build.py")]
+
+nox.options.sessions = ["lint", "unit", "build", "vm-6.1", "vm-6.12"]
+nox.options.default_venv_backend = "none"
+nox.options.error_on_external_run = False
+
+
+def _run(session: nox.Session, *args: str, **env: str) -> None:
+    session.run(*args, external=True, env=env or None)
+
+
+@nox.session(venv_backend="none")
+def lint(session: nox.Session) -> None:
+    """ruff; mypy --strict on userlib/src and tools; checkpatch --strict and sparse on kernel/."""
+    _run(session, PY, "-m", "ruff", "check", "tools", "tests", "userlib", "noxfile.py")
+    _run(session, PY, "-m", "mypy", "--strict", "userlib/src", "tools")
+    _run(session, *BUILD, "lint", "--kernel", "6.1", "--kernel", "6.12")
+
+
+@nox.session(venv_backend="none")
+def unit(session: nox.Session) -> None:
+    """Host tests (no VM): userlib on a fake sysfs, the ABI mirror, tools/build.py."""
+    _run(session, PY, "-m", "pytest", "tests/host", "-q", "-rfE", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def build(session: nox.Session) -> None:
+    """wrapdrive.ko and wd_dummy.ko against both kernels, W=1, warnings are errors."""
+    for k in ("6.1", "6.12"):
+        _run(session, *BUILD, "build", "--kernel", k, "--werror")
+
+
+def _vm(session: nox.Session, kernel: str) -> None:
+    _run(session, PY, "-m", "pytest", "tests/qemu", "--kernel", kernel, "-rfE", "-v", *session.posargs)
+
+
+@nox.session(name="vm-6.1", venv_backend="none")
+def vm_61(session: nox.Session) -> None:
+    """Boot 6.1 once, run tests/qemu/guest/test_*.py in it against the real modules."""
+    _vm(session, "6.1")
+
+
+@nox.session(name="vm-6.12", venv_backend="none")
+def vm_612(session: nox.Session) -> None:
+    """Boot 6.12 once, run tests/qemu/guest/test_*.py in it against the real modules."""
+    _vm(session, "6.12")
+
+
+@nox.session(venv_backend="none")
+def demo(session: nox.Session) -> None:
+    """Build, boot 6.1, and have the dummy engine hash, checksum and compress a file."""
+    kernel = os.environ.get("WD_DEMO_KERNEL", "6.1")
+    _run(session, *BUILD, "run", "--kernel", kernel, "--build", "--", "python", "tools/demo.py")
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """`wrapdrive bench` in a 6.1 guest (not part of the default sessions)."""
+    _run(session, *BUILD, "run", "--kernel", "6.1", "--build", "--", "wrapdrive", "bench", *session.posargs)
