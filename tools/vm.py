@@ -293,6 +293,7 @@ def run_script(setup: str, command: Sequence[str], outdir: Path) -> str:
     q = shlex.quote
     return (
         setup
+        + "set +e\n"
         + f"{shlex.join(command)}\n"
         + "wd_rc=$?\n"
         + f"dmesg > {q(str(outdir / 'dmesg'))} 2>&1\n"
