@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"
 KERNEL_CACHE = CACHE / "kernels"
 DEB_CACHE = KERNEL_CACHE / "debs"
+# Shared by every clone of the user (CI runs in a fresh clone): debs found here are copied
+# instead of downloaded again, and downloads are copied here.
+SHARED_DEBS = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wrapdrive" / "debs"
 
 # Debian packages the build, lint and VM paths need on the host.
 APT_PACKAGES: tuple[str, ...] = (
@@ -374,6 +378,8 @@ def prepare_kernel(
     cache: Path = KERNEL_CACHE,
     runner: Runner = run_capture,
     log: Callable[[str], None] = print,
+    shared: Path | None = SHARED_DEBS,
+    download: Callable[[list[str], Path], object] | None = None,
 ) -> Kernel:
     """Make cache/<name> a complete kernel: reuse it if complete, else fetch and unpack."""
     k = kernel(name, cache)
@@ -382,19 +388,43 @@ def prepare_kernel(
             log(f"{name}: headers Makefile re-pointed into {k.root}")
         log(f"{name}: present ({k.release}), reused")
         return k
-    pkgs = resolve_kernel(name, runner)
+    try:
+        pkgs = resolve_kernel(name, runner)
+    except SetupError:
+        if not is_root():
+            raise
+        log(f"{name}: not in the apt lists; apt-get update")
+        runner(["apt-get", "update", "-q"])
+        pkgs = resolve_kernel(name, runner)
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
+    have = deb_files(pkgs, debs)
+    for p, f in have.items():
+        if f is None and shared is not None:
+            hit = deb_files(KernelPackages(name, pkgs.release, (p,)), shared)[p]
+            if hit is not None:
+                shutil.copy2(hit, debs / hit.name)
+                log(f"{name}: {hit.name} taken from {shared}")
     have = deb_files(pkgs, debs)
     missing = [p for p, f in have.items() if f is None]
     if missing:
         log(f"{name}: downloading {' '.join(missing)}")
+        fetch = download or (lambda cmd, cwd: subprocess.run(cmd, cwd=cwd, check=True))
         try:
-            subprocess.run(download_cmd(missing), cwd=debs, check=True)
+            fetch(download_cmd(missing), debs)
         except (subprocess.CalledProcessError, FileNotFoundError) as e:
             hint = "" if is_root() else " (as root, `sudo python3 tools/build.py deps` first)"
             raise SetupError(f"{name}: cannot download {' '.join(missing)}: {e}{hint}") from e
         have = deb_files(pkgs, debs)
+        if shared is not None:
+            try:
+                shared.mkdir(parents=True, exist_ok=True)
+                for p in missing:
+                    f = have[p]
+                    if f is not None:
+                        shutil.copy2(f, shared / f.name)
+            except OSError as e:
+                log(f"{name}: could not keep a copy in {shared}: {e}")
     k.root.mkdir(parents=True, exist_ok=True)
     for p, deb in have.items():
         if deb is None:

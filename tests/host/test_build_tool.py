@@ -261,7 +261,7 @@ def test_prepare_kernel_reuses_a_complete_tree(tmp_path: Path) -> None:
     def no_apt(cmd: Sequence[str]) -> str:
         raise AssertionError(f"nothing should be fetched: {cmd}")
 
-    k = kernels.prepare_kernel("6.1", cache=tmp_path, runner=no_apt, log=lambda m: None)
+    k = kernels.prepare_kernel("6.1", cache=tmp_path, runner=no_apt, log=lambda m: None, shared=None)
     assert k.release == "6.1.0-56-amd64"
     assert k.image == tmp_path / "6.1/boot/vmlinuz-6.1.0-56-amd64"
     assert k.kdir == tmp_path / "6.1/usr/src/linux-headers-6.1.0-56-amd64"
@@ -289,9 +289,41 @@ def test_prepare_kernel_unpacks_debs_already_downloaded(tmp_path: Path) -> None:
             return ""
         raise AssertionError(cmd)
 
-    k = kernels.prepare_kernel("6.1", cache=tmp_path, runner=runner, log=lambda m: None)
+    k = kernels.prepare_kernel(
+        "6.1", cache=tmp_path, runner=runner, log=lambda m: None, shared=None, download=lambda c, d: 1 / 0
+    )
     assert sorted(unpacked) == sorted(f"{p}_6.1.192-2_amd64.deb" for p in pkgs)
     assert kernels.is_complete(k)
+
+
+def test_prepare_kernel_takes_debs_from_the_shared_cache(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb").write_bytes(b"!<arch>")
+    downloads: list[list[str]] = []
+
+    def download(cmd: list[str], cwd: Path) -> None:
+        downloads.append(cmd)
+        for p in cmd[2:]:
+            (cwd / f"{p}_6.1.192-2_amd64.deb").write_bytes(b"!<arch>")
+
+    def runner(cmd: Sequence[str]) -> str:
+        if cmd[:3] == ["apt-cache", "depends", "linux-image-amd64"]:
+            return APT_DEPENDS_META
+        if cmd[:2] == ["apt-cache", "depends"]:
+            return "x\n  Depends: linux-base\n"
+        if cmd[0] == "dpkg":
+            if "linux-image" in cmd[2]:
+                fake_kernel(Path(cmd[3]))
+            return ""
+        raise AssertionError(cmd)
+
+    cache = tmp_path / "cache"
+    kernels.prepare_kernel("6.1", cache=cache, runner=runner, log=lambda m: None, shared=shared, download=download)
+    assert (cache / "debs" / "linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb").exists()
+    # only what the shared cache lacked was downloaded, and it is kept there for next time
+    assert downloads == [["apt-get", "download", "linux-headers-6.1.0-56-amd64"]]
+    assert (shared / "linux-headers-6.1.0-56-amd64_6.1.192-2_amd64.deb").exists()
 
 
 def test_download_and_unpack_cmds(tmp_path: Path) -> None:
