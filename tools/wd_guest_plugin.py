@@ -56,6 +56,19 @@ def format_record(rec: str) -> str:
         return text
 
 
+def started_nodeids(report: Path) -> set[str]:
+    out: set[str] = set()
+    if report.exists():
+        for line in report.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == "start":
+                out.add(rec["nodeid"])
+    return out
+
+
 def _new(nodeid: str) -> dict[str, Any]:
     return {"nodeid": nodeid, "outcome": "passed", "longrepr": "", "kmsg": [], "duration": 0.0}
 
@@ -72,7 +85,7 @@ class Recorder:
         self.outside: list[str] = []
         self.test_timeout = test_timeout
         # pytest captures fd 2 during a test, so a hang's stack dump goes to its own file
-        self.hang_dump = (report.parent / "hang-traceback.txt").open("w")
+        self.hang_dump = (report.parent / "hang-traceback.txt").open("a")
 
     def emit(self, **rec: Any) -> None:
         if "nodeid" in rec:  # the file as an absolute path: nodeids are relative to rootdir
@@ -80,6 +93,15 @@ class Recorder:
         self.report.write(json.dumps(rec) + "\n")
         self.report.flush()
         os.fsync(self.report.fileno())
+
+    @pytest.hookimpl
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """On a restart after a hung test ended the process: skip what already started."""
+        done = started_nodeids(Path(config.getoption("--wd-report")))
+        if done:
+            keep = [i for i in items if i.nodeid not in done]
+            config.hook.pytest_deselected(items=[i for i in items if i.nodeid in done])
+            items[:] = keep
 
     @pytest.hookimpl
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:

@@ -110,10 +110,13 @@ class GuestRun:
 
     @property
     def session(self) -> dict[str, Any] | None:
-        for r in self.records:
-            if r["event"] == "session":
-                return r
+        """The final in-guest pytest process's session record (None: it was cut short)."""
+        if self.records and self.records[-1]["event"] == "session":
+            return self.records[-1]
         return None
+
+    def outside_kmsg(self) -> list[str]:
+        return [ln for r in self.records if r["event"] == "session" for ln in r["kmsg"]]
 
     def ended_why(self) -> str:
         if self.timed_out:

@@ -41,8 +41,13 @@ def test_guest_file(wd_kernel: str, guest_file: Path, guest_run: GuestRun, subte
             splats = vm.find_splats(t["kmsg"])
             assert not splats, _splat_message(f"[{guest_run.kernel}] {t['nodeid']}", splats, t["kmsg"])
     hung = guest_run.unfinished_in(guest_file)
+    why = (
+        "did not finish (hung past --guest-test-timeout, or crashed the in-guest pytest)"
+        if guest_run.session
+        else f"was running when {guest_run.ended_why()}"
+    )
     assert not hung, (
-        f"{head}: {guest_run.ended_why()} while running {', '.join(hung)}\n"
+        f"{head}: {', '.join(hung)} {why}\n"
         f"--- in-guest output ---\n{guest_run.output_tail()}\n--- console ---\n{guest_run.console_tail()}"
     )
     why = "none collected" if guest_run.session else guest_run.ended_why()
@@ -62,5 +67,8 @@ def test_guest_session(wd_kernel: str, guest_run: GuestRun) -> None:
     assert session["exitstatus"] in (0, 1), (
         f"[{guest_run.kernel}] in-guest pytest exit status {session['exitstatus']}\n{guest_run.output_tail()}"
     )
-    splats = vm.find_splats(session["kmsg"])
-    assert not splats, _splat_message(f"[{guest_run.kernel}] outside tests", splats, session["kmsg"])
+    kmsg = guest_run.outside_kmsg()
+    splats = vm.find_splats(kmsg)
+    assert not splats, _splat_message(f"[{guest_run.kernel}] outside tests", splats, kmsg)
+    restarts = guest_run.pytest_info.get("runs", 1) - 1
+    assert not restarts, f"[{guest_run.kernel}] {restarts} in-guest test(s) hung and were killed (see their files)"
