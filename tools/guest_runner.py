@@ -27,7 +27,8 @@ def pytest_cmd(python: str, files: list[str], report: Path, test_timeout: float)
 
 def preamble(out: Path) -> None:
     """What the host checks before any test: modules loaded, the log up to now."""
-    lsmod = Path("/proc/modules").read_text()
+    mods = Path("/proc/modules")
+    lsmod = mods.read_text() if mods.exists() else ""
     dmesg = subprocess.run(["dmesg"], stdout=subprocess.PIPE, check=False).stdout.decode(errors="replace")
     info = {
         "modules": [ln.split()[0] for ln in lsmod.splitlines() if ln.strip()],
