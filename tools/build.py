@@ -218,7 +218,8 @@ def lint(specs: Sequence[str] = ("6.1",), *, jobs: int = 2) -> int:
     script = ensure_checkpatch()
     cmd = checkpatch_cmd(script, files)
     log(shlex.join(cmd))
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # cwd outside the repo: checkpatch leaves a .checkpatch-camelcase.* cache in its cwd when in a git tree
+    proc = subprocess.run(cmd, cwd=CHECKPATCH_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     print(proc.stdout, end="")
     if proc.returncode:
         log("checkpatch --strict: FAILED")
