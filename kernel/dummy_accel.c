@@ -98,7 +98,7 @@ struct wd_dummy_dev {
 	struct platform_device *pdev;
 	struct wd_accel *accel;
 	struct task_struct *engine;
-	struct mutex lock;
+	struct mutex lock;		/* queues; held for a round */
 	struct list_head queues;
 	wait_queue_head_t wq;
 	atomic_t kicked;
@@ -561,8 +561,8 @@ static int wd_dummy_scratch_alloc(struct wd_dummy_scratch *s)
 {
 	s->in = kvmalloc(WD_DUMMY_CHUNK, GFP_KERNEL);
 	s->out = kvmalloc(WD_DUMMY_CHUNK, GFP_KERNEL);
-	s->deflate_ws = vmalloc(zlib_deflate_workspacesize(MAX_WBITS,
-							    DEF_MEM_LEVEL));
+	s->deflate_ws =
+		vmalloc(zlib_deflate_workspacesize(MAX_WBITS, DEF_MEM_LEVEL));
 	s->inflate_ws = vmalloc(zlib_inflate_workspacesize());
 	if (!s->in || !s->out || !s->deflate_ws || !s->inflate_ws) {
 		wd_dummy_scratch_free(s);

@@ -75,13 +75,13 @@ struct wd_accel {
 	struct wd_mtype *mtypes;
 	struct mdev_type **types;
 	struct list_head node;
-	struct mutex lock;
+	struct mutex lock;		/* queues, counts, dead, queue state */
 	struct list_head queues;
 	unsigned int nr_queues;
 	bool dead;
 	atomic64_t busy_ns;
 	struct dentry *dbg;
-	struct mutex bench_lock;
+	struct mutex bench_lock;	/* one selfbench at a time */
 	char bench_result[96];
 };
 
@@ -125,10 +125,10 @@ struct wd_queue {
 	spinlock_t irq_lock;		/* see above */
 	struct eventfd_ctx *trigger;
 	bool irq_masked;
-	struct mutex pin_lock;
+	struct mutex pin_lock;		/* pins */
 	struct xarray pins;
 	atomic64_t nr_pinned;
-	struct mutex vma_lock;
+	struct mutex vma_lock;		/* vmas; after mmap_lock */
 	struct list_head vmas;
 	void *priv;
 	atomic64_t submitted;
@@ -229,6 +229,7 @@ void wd_queue_post(struct wd_queue *q, const struct wd_cqe *cqe)
 {
 	memcpy(&q->cq[q->cq_tail & (q->entries - 1)], cqe, sizeof(*cqe));
 	q->cq_tail++;
+	/* The CQE is visible before the new tail: pairs with the user's rmb. */
 	smp_store_release(&q->hdr->cq_tail, q->cq_tail);
 	atomic64_inc(&q->completed);
 	if (cqe->status != WD_STS_OK)
@@ -501,6 +502,7 @@ static void wd_queue_kill_locked(struct wd_queue *q)
 		return;
 	q->status = (q->status & ~WD_Q_ENGINE_IDLE) | WD_Q_DEAD;
 	WRITE_ONCE(q->hdr->status, q->status);
+	/* DEAD is visible before the eventfd wakes the user. */
 	smp_mb();
 	wd_queue_signal(q, true);
 	wd_queue_zap(q);

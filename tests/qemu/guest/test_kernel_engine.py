@@ -208,3 +208,32 @@ def test_selfbench(algo):
     for bad in ("nope 10 10", "sha256 x 1", "sha256 10 0", f"sha256 {kv.WD_MAX_LEN + 1} 1"):
         with pytest.raises(OSError):
             kv.write(p, bad)
+
+
+def test_max_len_memcpy_and_sha256():
+    """WD_MAX_LEN requests: beyond the per-queue pin cache (vfio_dma_rw path)."""
+    n = kv.WD_MAX_LEN
+    data = rnd(n, 7)
+    with kv.Queue("wd_dummy.0", "memcpy") as q:
+        _, src, _ = q.dma_buffer(n, data)
+        dst_m, dst, _ = q.dma_buffer(n)
+        assert q.run(kv.WD_OP_MEMCPY, src, n, dst, n)[1:3] == (0, n)
+        assert dst_m[:n] == data
+        assert kv.dbg("wd_dummy.0", q.uuid, "pinned_pages") == 4096
+    with kv.Queue("wd_dummy.0", "sha256") as q:
+        _, src, _ = q.dma_buffer(n, data)
+        d_m, dst, _ = q.dma_buffer(32)
+        assert q.run(kv.WD_OP_SHA256, src, n, dst, 32)[1] == 0
+        assert d_m[:32] == hashlib.sha256(data).digest()
+
+
+def test_zlib_matches_python_bytes():
+    """Level-6 deflate output decompresses everywhere; report byte equality."""
+    data = b"The quick brown fox jumps over the lazy dog. " * 2000
+    with kv.Queue("wd_dummy.1", "zlib") as q:
+        _, src, _ = q.dma_buffer(len(data), data)
+        m, dst, _ = q.dma_buffer(len(data))
+        _, sts, clen, _ = q.run(kv.WD_OP_DEFLATE, src, len(data), dst, len(data))
+        assert sts == 0
+        assert zlib.decompress(m[:clen]) == data
+        assert m[:2] == zlib.compress(data)[:2]  # same RFC 1950 header
