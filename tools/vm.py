@@ -90,13 +90,14 @@ def probe_kvm(
     image: Path,
     timeout: float = 12.0,
     run: Callable[[list[str], float], str | None] | None = None,
+    dev: str = "/dev/kvm",
 ) -> bool:
     """True when a KVM guest of `image` gets as far as printing kernel messages.
 
     `run(cmd, timeout)` returns the guest's output, or None when it timed out or could
     not start; injectable for tests.
     """
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    if not os.access(dev, os.R_OK | os.W_OK):
         return False
     runner = run or _run_probe
     out = runner(kvm_probe_cmd(image), timeout)

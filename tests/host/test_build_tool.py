@@ -4,7 +4,6 @@ builds, downloads or boots."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -336,10 +335,19 @@ def test_download_and_unpack_cmds(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="checks the message a non-root user gets")
-def test_ensure_backports_non_root_says_sudo() -> None:
-    with pytest.raises(kernels.SetupError, match="sudo"):
+def test_ensure_backports_non_root_says_sudo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "is_root", lambda: False)
+    with pytest.raises(kernels.SetupError, match="sudo python3 tools/build.py deps"):
         kernels.ensure_backports({Path("/etc/apt/sources.list.d/debian.sources"): DEBIAN_SOURCES})
+
+
+def test_prepare_kernel_non_root_without_apt_lists_says_what_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernels, "is_root", lambda: False)
+    runner = fake_apt({("apt-cache", "pkgnames", "linux-image-6.12."): ""})
+    with pytest.raises(kernels.SetupError, match="sudo python3 tools/build.py deps"):
+        kernels.prepare_kernel("6.12", cache=tmp_path, runner=runner, log=lambda m: None, shared=None)
 
 
 def test_ensure_backports_noop_when_present() -> None:
@@ -387,12 +395,21 @@ def test_kvm_probe_cmd() -> None:
     assert "panic=-1" in cmd[cmd.index("-append") + 1]
 
 
-@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="the probe only runs with /dev/kvm usable")
-def test_probe_kvm_verdicts() -> None:
-    assert vm.probe_kvm(Path("/k"), run=lambda c, t: "Linux version 6.1\nKernel panic - not syncing: VFS") is True
-    assert vm.probe_kvm(Path("/k"), run=lambda c, t: None) is False  # hung: timed out
-    assert vm.probe_kvm(Path("/k"), run=lambda c, t: "qemu: KVM: entry failed, MSR 0x...") is False
-    assert vm.probe_kvm(Path("/k"), run=lambda c, t: "SeaBIOS\nBooting from ROM...") is False
+def test_probe_kvm_verdicts(tmp_path: Path) -> None:
+    dev = tmp_path / "kvm"
+    dev.write_text("")
+    d = str(dev)
+    assert vm.probe_kvm(Path("/k"), run=lambda c, t: "Linux version 6.1\nKernel panic - not syncing: VFS", dev=d)
+    assert not vm.probe_kvm(Path("/k"), run=lambda c, t: None, dev=d)  # hung: timed out
+    assert not vm.probe_kvm(Path("/k"), run=lambda c, t: "qemu: KVM: entry failed, MSR 0x...", dev=d)
+    assert not vm.probe_kvm(Path("/k"), run=lambda c, t: "SeaBIOS\nBooting from ROM...", dev=d)  # guest hung
+
+
+def test_probe_kvm_without_device_does_not_start_qemu(tmp_path: Path) -> None:
+    def never(cmd: list[str], timeout: float) -> str:
+        raise AssertionError("no qemu without /dev/kvm")
+
+    assert vm.probe_kvm(Path("/k"), run=never, dev=str(tmp_path / "absent")) is False
 
 
 def test_use_kvm_falls_back_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
