@@ -36,7 +36,18 @@ def test_checkpatch_cmd_is_strict_and_treeless() -> None:
     cmd = build.checkpatch_cmd(Path("/c/checkpatch.pl"), [Path("a.c"), Path("b.h")])
     assert cmd[:2] == ["perl", "/c/checkpatch.pl"]
     assert "--strict" in cmd and "--no-tree" in cmd
+    assert "--ignore=CAMELCASE" in cmd
     assert cmd[-3:] == ["-f", "a.c", "b.h"]
+
+
+def test_checkpatch_uapi_headers_may_not_use_bit() -> None:
+    root = Path("/r/kernel")
+    files = [root / "a.c", root / "uapi" / "wrapdrive.h", root / "include" / "wrapdrive.h"]
+    rest, uapi = build.checkpatch_cmds(Path("/c/checkpatch.pl"), files, root)
+    assert rest[-2:] == [str(root / "a.c"), str(root / "include" / "wrapdrive.h")]
+    assert "--ignore=CAMELCASE" in rest
+    assert uapi[-1] == str(root / "uapi" / "wrapdrive.h")
+    assert "--ignore=CAMELCASE,BIT_MACRO" in uapi
 
 
 def test_checkpatch_extract_takes_the_three_files() -> None:
