@@ -220,14 +220,18 @@ def guest_env_path() -> str:
 
 
 def python_dirs() -> list[str]:
-    """Folders the guest's Python reads: the base install and the venv (if one)."""
-    dirs = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)]
+    """Folders the guest's Python imports from: the standard library and the venv's
+    site-packages (not a whole prefix: with Debian's python3 that would be /usr)."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    dirs = [os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
     venv = REPO / ".venv"
     if venv.is_dir():
-        dirs.append(str(venv.resolve()))
+        dirs += [str(p.resolve()) for p in venv.glob("lib/python3*/site-packages")]
     out: list[str] = []
-    for d in dirs:
-        if d not in out and d != "/":
+    for d in sorted(set(dirs), key=len):
+        if os.path.isdir(d) and d.count("/") >= 3 and not any(d.startswith(o + "/") for o in out):
             out.append(d)
     return out
 
