@@ -21,7 +21,7 @@ from .uapi import WD_MAX_LEN
 ALGOS = ("sha256", "crc32c", "zlib")
 
 #: work bigger than this reports progress on stderr.
-PROGRESS_BYTES = 32 << 20
+PROGRESS_BYTES = 16 << 20
 
 
 def _device_dict(dev: sysfs.Device) -> dict[str, Any]:

@@ -11,6 +11,7 @@ It knows nothing about VFIO: ``queue.Queue`` hands it the mapped regions.
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import threading
 from collections import deque
@@ -22,9 +23,48 @@ from .errors import QueueDeadError, QueueReleasedError, RequestTooLargeError
 
 U32 = 0xFFFFFFFF
 
-# One lock shared by the barrier only; it is held for nanoseconds, so it is
-# practically never contended and acquire/release stay in user space.
-_BARRIER_LOCK = threading.Lock()
+def _make_barrier() -> Callable[[], None]:
+    """Build ``full_barrier``: lock + unlock of a glibc spinlock via ctypes.
+
+    Why not a threading.Lock, the obvious locked instruction in Python?  In
+    CPython 3.11 every Lock.acquire() computes a sem_clockwait deadline with
+    clock_gettime(CLOCK_MONOTONIC), even a non-blocking one.  Where the
+    clocksource has no vDSO (a TCG guest runs on hpet) that is a real
+    syscall per doorbell: strace saw it.  glibc's pthread_spin_lock is
+    `lock decl` on x86, with no clock and no syscall; the threading.Lock
+    remains the fallback for a libc without it.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        lock_fn = libc.pthread_spin_lock
+        unlock_fn = libc.pthread_spin_unlock
+        init_fn = libc.pthread_spin_init
+    except (OSError, AttributeError):
+        lk = threading.Lock()
+
+        def lock_barrier() -> None:
+            lk.acquire()
+            lk.release()
+
+        return lock_barrier
+    for fn in (lock_fn, unlock_fn, init_fn):
+        fn.restype = ctypes.c_int
+    lock_fn.argtypes = unlock_fn.argtypes = [ctypes.c_void_p]
+    init_fn.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    spin = ctypes.c_int(1)  # pthread_spinlock_t is an int on Linux
+    addr = ctypes.addressof(spin)
+    if init_fn(addr, 0) != 0:
+        raise OSError("pthread_spin_init failed")
+
+    def spin_barrier() -> None:
+        lock_fn(addr)
+        unlock_fn(addr)
+
+    spin_barrier.__dict__["_keepalive"] = spin  # the lock word must outlive the closure
+    return spin_barrier
+
+
+_barrier = _make_barrier()
 
 
 def full_barrier() -> None:
@@ -32,15 +72,15 @@ def full_barrier() -> None:
 
     x86 keeps stores in order with stores and loads with loads, but a load
     may pass an earlier store still sitting in the store buffer: the
-    doorbell store could become visible after our read of ring.status, and
+    doorbell store could become visible after our read of ring.status and
     we would miss WD_Q_ENGINE_IDLE (or the irq_request store could pass the
-    cq_tail re-check and we would sleep forever).  Acquiring and releasing
-    an uncontended threading.Lock runs glibc's atomic compare-and-exchange
-    on the semaphore, a LOCK-prefixed instruction, which drains the store
-    buffer: a full fence, without a syscall.
+    cq_tail re-check and we would sleep with a completion already posted).
+    A LOCK-prefixed instruction drains the store buffer: a full fence.  We
+    get one by locking and unlocking a lock (see ``_make_barrier`` for why a
+    spinlock rather than threading.Lock); it is held for nanoseconds, so it
+    is practically never contended, and no syscall is made.
     """
-    _BARRIER_LOCK.acquire()
-    _BARRIER_LOCK.release()
+    _barrier()
 
 
 class Request:

@@ -120,9 +120,7 @@ def calling_node(root: Path = sysfs.SYSFS) -> int | None:
 def _current_cpu() -> int | None:
     try:
         import ctypes
-        import ctypes.util
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        cpu = int(libc.sched_getcpu())
+        cpu = int(ctypes.CDLL(None).sched_getcpu())
         return cpu if cpu >= 0 else None
     except (OSError, AttributeError):
         return None

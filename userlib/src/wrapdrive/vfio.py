@@ -7,7 +7,6 @@ exception of ``errors.os_error`` naming what was attempted.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import mmap
 import os
@@ -18,7 +17,7 @@ from .errors import VfioError, os_error
 
 VFIO_DEV = "/dev/vfio"
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # libc is already in the process
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p]
 _libc.ioctl.restype = ctypes.c_int
 
