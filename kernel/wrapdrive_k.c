@@ -197,11 +197,16 @@ u32 wd_queue_pending(struct wd_queue *q)
 	u32 used = q->cq_tail - cq_head;
 	u32 room = used > q->entries ? 0 : q->entries - used;
 
+	/*
+	 * A tail more than a ring ahead is garbage, or a torn store caught
+	 * mid-way (CPython's struct.pack_into zeroes before it writes):
+	 * take nothing now, the next read sees the real value.
+	 */
 	if (avail > q->entries) {
-		pr_warn_ratelimited("%s: sq_tail %u beyond ring (head %u), clamped\n",
-				    dev_name(mdev_dev(q->mdev)), tail,
-				    q->sq_head);
-		avail = q->entries;
+		pr_debug_ratelimited("%s: sq_tail %u beyond ring (head %u), ignored\n",
+				     dev_name(mdev_dev(q->mdev)), tail,
+				     q->sq_head);
+		return 0;
 	}
 	return min(avail, room);
 }

@@ -153,7 +153,8 @@ void *wd_queue_priv(struct wd_queue *q);
  * @q: an open queue
  *
  * Reads the user's sq_tail and cq_head once each and bounds the result by
- * the room left in the CQ, so a hostile sq_tail never causes an overrun.
+ * the room left in the CQ, so a hostile sq_tail never causes an overrun;
+ * an sq_tail more than a ring ahead of sq_head is ignored (0 is returned).
  *
  * Return: number of descriptors available, 0..entries.
  */

@@ -90,6 +90,15 @@ def buf(data):
     return ctypes.create_string_buffer(bytes(data), len(data))
 
 
+def store32(m, off, value):
+    """One 32-bit store into shared memory.
+
+    struct.pack_into is not usable for doorbells: CPython zeroes the field
+    before writing its bytes, so the device can see a torn value.
+    """
+    ctypes.c_uint32.from_buffer(m, off).value = value
+
+
 def crc32c(data, crc=0):
     """Reference CRC-32C (Castagnoli), as the crc32c Python package."""
     table = _crc_table()
@@ -237,7 +246,7 @@ class Queue:
         for d in descs:
             DESC.pack_into(self.ring, self.sq_off + (self.sq_tail & mask) * DESC.size, *d)
             self.sq_tail = (self.sq_tail + 1) & 0xFFFFFFFF
-        struct.pack_into("<I", self.db, 0, self.sq_tail)
+        store32(self.db, 0, self.sq_tail)
         if kick and self.status() & WD_Q_ENGINE_IDLE:
             os.pwrite(self.dev, struct.pack("<I", self.sq_tail), self.regions[0][2])
 
@@ -249,7 +258,7 @@ class Queue:
             if self.cq_head != self.cq_tail():
                 out.append(CQE.unpack_from(self.ring, self.cq_off + (self.cq_head & mask) * CQE.size))
                 self.cq_head = (self.cq_head + 1) & 0xFFFFFFFF
-                struct.pack_into("<I", self.db, 0x40, self.cq_head)
+                store32(self.db, 0x40, self.cq_head)
                 continue
             if time.monotonic() > end:
                 raise TimeoutError(f"{len(out)}/{n} completions")

@@ -121,12 +121,12 @@ def test_hostile_ring():
     with kv.Queue("wd_dummy.0", "crc32c") as q:
         # sq_tail far ahead: the engine never takes more than the ring holds.
         import struct
-        struct.pack_into("<I", q.db, 0, 0x80000000)
+        kv.store32(q.db, 0, 0x80000000)
         q.submit([], kick=True)
         os.pwrite(q.dev, struct.pack("<I", 0x80000000), q.regions[0][2])
         import time
         time.sleep(0.3)
-        assert q.cq_tail() <= q.entries
+        assert q.cq_tail() == 0  # a tail beyond the ring is ignored
         # Garbage in the header and doorbell does not crash anything.
         q.ring[0:256] = b"\xff" * 256
         kv.ioctl(q.dev, kv.VFIO_DEVICE_RESET)

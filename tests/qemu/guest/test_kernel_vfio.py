@@ -90,14 +90,14 @@ def test_irq_trigger_mask_unmask(q):
         q.set_irqs(kv.VFIO_IRQ_SET_DATA_NONE | kv.VFIO_IRQ_SET_ACTION_TRIGGER)
         assert _wait(efd, 2) == 1
         # irq_request: one completion, one signal, irq_request cleared.
-        struct.pack_into("<I", q.db, 0x80, 1)
+        kv.store32(q.db, 0x80, 1)
         c = q.run(kv.WD_OP_NOP, tag=1)
         assert c[:2] == (1, kv.WD_STS_OK)
         assert _wait(efd, 5) == 1
         assert struct.unpack_from("<I", q.db, 0x80)[0] == 0
         # Masked: no signal, irq_request stays.
         q.set_irqs(kv.VFIO_IRQ_SET_DATA_NONE | kv.VFIO_IRQ_SET_ACTION_MASK)
-        struct.pack_into("<I", q.db, 0x80, 1)
+        kv.store32(q.db, 0x80, 1)
         q.submit([(2, kv.WD_OP_NOP, 0, 0, 0, 0, 0)])
         time.sleep(0.2)
         assert _wait(efd, 0.3) == 0
