@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 
 import pytest
 
@@ -32,7 +33,7 @@ def our_mdevs() -> set[str]:
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_queues():
+def no_leaked_queues() -> Iterator[None]:
     before = our_mdevs()
     yield
     assert our_mdevs() == before, "a test leaked a queue (mdev left behind)"
@@ -45,7 +46,7 @@ def shared_mmap(q: wrapdrive.Queue, size: int) -> tuple[mmap.mmap, int]:
     return mm, addr
 
 
-def test_seed_calls_crc32c_round_trip():
+def test_seed_calls_crc32c_round_trip() -> None:
     q = wrapdrive.wd_request_queue(Capa("crc32c"))
     try:
         assert q.name in our_mdevs()
@@ -90,7 +91,7 @@ def test_seed_calls_crc32c_round_trip():
 SIZES = [0, 1, 63, 64, 4095, 4096, 4097, 65536 + 3, 1 << 20]
 
 
-def test_sha256_byte_exact():
+def test_sha256_byte_exact() -> None:
     with wrapdrive.request_queue("sha256") as q:
         assert q.algo_type == "sha256" and not q.share_all
         for n in SIZES:
@@ -102,14 +103,14 @@ def test_sha256_byte_exact():
             q.sha256(big + b"x")
 
 
-def test_crc32c_byte_exact():
+def test_crc32c_byte_exact() -> None:
     with wrapdrive.request_queue("crc32c") as q:
         for n in [0, 1, 7, 8, 9, 63, 64, 1000, 4096, 20000]:
             data = os.urandom(n)
             assert q.crc32c(data) == crc32c_sw(data), n
 
 
-def test_zlib_round_trips():
+def test_zlib_round_trips() -> None:
     with wrapdrive.request_queue("zlib") as q:
         for data in [b"", b"a", b"wrapdrive " * 5000, os.urandom(100000),
                      bytes(1 << 20)]:
@@ -121,7 +122,7 @@ def test_zlib_round_trips():
             q.decompress(b"this is not a zlib stream")
 
 
-def test_memcpy_byte_exact_and_buffers():
+def test_memcpy_byte_exact_and_buffers() -> None:
     with wrapdrive.request_queue("memcpy") as q:
         for n in [1, 100, 4096, 300000]:
             data = os.urandom(n)
@@ -135,7 +136,7 @@ def test_memcpy_byte_exact_and_buffers():
         q.free(b)
 
 
-def test_share_all_queue_uses_process_addresses():
+def test_share_all_queue_uses_process_addresses() -> None:
     with wrapdrive.request_queue("sha256", share_all=True) as q:
         assert q.share_all and q.capa_flags & wrapdrive.WD_CAPA_SHARE_ALL
         src = bytearray(os.urandom(5000))
@@ -150,7 +151,7 @@ def test_share_all_queue_uses_process_addresses():
         assert q.copy(b"sva" * 1000) == b"sva" * 1000
 
 
-def test_bad_requests_are_clear_errors_and_never_stop_the_queue():
+def test_bad_requests_are_clear_errors_and_never_stop_the_queue() -> None:
     with wrapdrive.request_queue("crc32c") as q:
         with pytest.raises(wrapdrive.RequestTooLargeError):
             wrapdrive.wd_send(q, Request(wrapdrive.WD_OP_CRC32C, 4096, uapi.WD_MAX_LEN + 1))
@@ -171,7 +172,7 @@ def test_bad_requests_are_clear_errors_and_never_stop_the_queue():
         assert q.crc32c(b"still works") == crc32c_sw(b"still works")
 
 
-def test_weak_order_queue_when_allowed():
+def test_weak_order_queue_when_allowed() -> None:
     with wrapdrive.request_queue("crc32c", weak_order=True) as q:
         assert q.mdev_type.endswith("crc32c-weak") and q.weak_order
         chunks = [os.urandom(1 + i % 300) for i in range(3000)]
@@ -180,7 +181,7 @@ def test_weak_order_queue_when_allowed():
         assert not q.weak_order and q.mdev_type.endswith("-crc32c")
 
 
-def test_batch_submit_many_descriptors_one_doorbell():
+def test_batch_submit_many_descriptors_one_doorbell() -> None:
     with wrapdrive.request_queue("sha256") as q:
         chunks = [os.urandom(64 + i % 100) for i in range(2500)]  # > 2 rings
         assert q.sha256_many(chunks) == [hashlib.sha256(c).digest() for c in chunks]
@@ -191,7 +192,7 @@ def test_batch_submit_many_descriptors_one_doorbell():
         buf.write(data)
         reqs = [Request(wrapdrive.WD_OP_CRC32C, buf.addr + 64 * i, 64) for i in range(n)]
         assert q.send_batch(reqs) == n  # the whole ring in one call
-        got = []
+        got: list[Request] = []
         deadline = time.monotonic() + 30
         while len(got) < n:
             got += q.recv_batch()
@@ -210,7 +211,7 @@ def test_batch_submit_many_descriptors_one_doorbell():
         assert vals[3::4] == [r.result for r in reqs[:256]]
 
 
-def test_batch_throughput_is_reported():
+def test_batch_throughput_is_reported() -> None:
     """Measures descriptors/s of the raw batch path (printed, -s to see).
     Asserts only that the batch path beats one-descriptor-per-call."""
     with wrapdrive.request_queue("crc32c") as q:
@@ -245,7 +246,7 @@ def test_batch_throughput_is_reported():
         assert batched > one
 
 
-def test_queue_info_and_accounting():
+def test_queue_info_and_accounting() -> None:
     with wrapdrive.request_queue("memcpy") as q:
         buf = q.alloc(3 * 4096)
         info = q.info()

@@ -25,7 +25,7 @@ def wd(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, env=ENV, timeout=300)
 
 
-def test_list_shows_devices():
+def test_list_shows_devices() -> None:
     p = wd("list")
     assert p.returncode == 0, p.stderr
     assert "wd_dummy.0  numa_zone=0  priority=" in p.stdout
@@ -40,7 +40,7 @@ def test_list_shows_devices():
     assert types["wd_dummy-zlib"]["available_instances"] > 0
 
 
-def test_run_sha256_prints_like_sha256sum(tmp_path: Path):
+def test_run_sha256_prints_like_sha256sum(tmp_path: Path) -> None:
     files = []
     for i, n in enumerate([0, 100, 300000]):
         f = tmp_path / f"f{i}.bin"
@@ -53,7 +53,7 @@ def test_run_sha256_prints_like_sha256sum(tmp_path: Path):
     assert p.stdout.splitlines()[1] == f"{hashlib.sha256(Path(files[1]).read_bytes()).hexdigest()}  {files[1]}"
 
 
-def test_run_crc32c_prints_hex(tmp_path: Path):
+def test_run_crc32c_prints_hex(tmp_path: Path) -> None:
     f = tmp_path / "c.bin"
     data = os.urandom(5000)
     f.write_bytes(data)
@@ -62,7 +62,7 @@ def test_run_crc32c_prints_hex(tmp_path: Path):
     assert p.stdout == f"{crc32c_sw(data):08x}  {f}\n"
 
 
-def test_run_crc32c_over_the_request_limit(tmp_path: Path):
+def test_run_crc32c_over_the_request_limit(tmp_path: Path) -> None:
     """Files over WD_MAX_LEN go in pieces whose CRCs are combined."""
     f = tmp_path / "big.bin"
     head = bytes(16 << 20)
@@ -83,7 +83,7 @@ def test_run_crc32c_over_the_request_limit(tmp_path: Path):
     assert "%" in p.stderr  # progress on long work
 
 
-def test_run_zlib_writes_a_checkable_file(tmp_path: Path):
+def test_run_zlib_writes_a_checkable_file(tmp_path: Path) -> None:
     f = tmp_path / "text.txt"
     data = b"the quick brown fox jumps over the lazy dog\n" * 2000
     f.write_bytes(data)
@@ -93,7 +93,7 @@ def test_run_zlib_writes_a_checkable_file(tmp_path: Path):
     assert zlib.decompress(z) == data and len(z) < len(data) // 10
 
 
-def test_run_unknown_capability_explains(tmp_path: Path):
+def test_run_unknown_capability_explains(tmp_path: Path) -> None:
     f = tmp_path / "x"
     f.write_bytes(b"x")
     p = wd("run", "zlib", "--share-all", str(f))

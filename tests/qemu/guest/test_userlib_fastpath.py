@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ POLL_IDLE = "/sys/module/wd_dummy/parameters/poll_idle_us"
 
 
 @pytest.fixture
-def engine_keeps_polling():
+def engine_keeps_polling() -> Iterator[None]:
     """The dummy engine stops polling 200 us after its last request and then
     needs the slow-path kick (a pwrite).  Python in a TCG guest takes longer
     than that to reap and refill a batch, so with the default every doorbell
@@ -89,7 +90,7 @@ def engine_keeps_polling():
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
-def test_syscalls_do_not_scale_with_requests(tmp_path: Path, engine_keeps_polling: None):
+def test_syscalls_do_not_scale_with_requests(tmp_path: Path, engine_keeps_polling: None) -> None:
     small, per_small, out_small = strace_count(tmp_path, 1000)
     big, per_big, out_big = strace_count(tmp_path, 10000)
     grew = {k: per_big.get(k, 0) - per_small.get(k, 0) for k in per_big

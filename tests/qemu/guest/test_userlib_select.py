@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -41,7 +42,7 @@ def write_prio(dev: str, value: int) -> None:
 
 
 @pytest.fixture(autouse=True)
-def restore_state():
+def restore_state() -> Iterator[None]:
     saved = {d: read_prio(d) for d in DEVS}
     affinity = os.sched_getaffinity(0)
     yield
@@ -51,7 +52,7 @@ def restore_state():
 
 
 @contextlib.contextmanager
-def pinned(cpu: int):
+def pinned(cpu: int) -> Iterator[None]:
     old = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {cpu})
     try:
@@ -60,7 +61,7 @@ def pinned(cpu: int):
         os.sched_setaffinity(0, old)
 
 
-def test_guest_has_two_numa_nodes_and_devices():
+def test_guest_has_two_numa_nodes_and_devices() -> None:
     assert sysfs.node_cpus() == {0: {0}, 1: {1}}
     d = sysfs.node_distances()
     assert d[0][0] < d[0][1] and d[1][1] < d[1][0]
@@ -69,7 +70,7 @@ def test_guest_has_two_numa_nodes_and_devices():
     assert (devs["wd_dummy.0"].numa_zone, devs["wd_dummy.1"].numa_zone) == (0, 1)
 
 
-def test_smaller_priority_wins():
+def test_smaller_priority_wins() -> None:
     write_prio("wd_dummy.0", 10)
     write_prio("wd_dummy.1", 20)
     for cpu in (0, 1):  # even from node 1's CPU, priority comes first
@@ -81,7 +82,7 @@ def test_smaller_priority_wins():
 
 
 @pytest.mark.parametrize("cpu", [0, 1])
-def test_equal_priority_goes_to_the_callers_node(cpu: int):
+def test_equal_priority_goes_to_the_callers_node(cpu: int) -> None:
     write_prio("wd_dummy.0", 50)
     write_prio("wd_dummy.1", 50)
     with pinned(cpu), wrapdrive.request_queue("crc32c") as q:
@@ -90,7 +91,7 @@ def test_equal_priority_goes_to_the_callers_node(cpu: int):
 
 
 @pytest.mark.parametrize("bad", [0, 101])
-def test_out_of_range_priority_is_never_chosen(bad: int):
+def test_out_of_range_priority_is_never_chosen(bad: int) -> None:
     write_prio("wd_dummy.0", bad)
     write_prio("wd_dummy.1", 100)
     assert read_prio("wd_dummy.0") == bad
@@ -103,7 +104,7 @@ def test_out_of_range_priority_is_never_chosen(bad: int):
     assert "never selected" in str(ei.value) and "wd_dummy.0" in str(ei.value)
 
 
-def test_unknown_capability_lists_what_exists():
+def test_unknown_capability_lists_what_exists() -> None:
     with pytest.raises(wrapdrive.NoDeviceError) as ei:
         wrapdrive.request_queue("aes-gcm")
     msg = str(ei.value)
@@ -123,7 +124,7 @@ def _udev_exec_queue(arg: str) -> bool:
         return False
 
 
-def test_falls_back_when_the_best_device_is_exhausted():
+def test_falls_back_when_the_best_device_is_exhausted() -> None:
     """Fill wd_dummy.0 up to its last queue with foreign mdevs, then a
     request must land on wd_dummy.1 although wd_dummy.0 ranks first."""
     write_prio("wd_dummy.0", 10)
@@ -174,7 +175,7 @@ def _child(mode: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
 
 
-def test_queue_of_a_dead_process_is_reclaimed_not_leaked():
+def test_queue_of_a_dead_process_is_reclaimed_not_leaked() -> None:
     dead = _child("die")
     name = dead.stdout.readline().strip() if dead.stdout else ""
     dead.wait(timeout=60)
@@ -194,7 +195,7 @@ def test_queue_of_a_dead_process_is_reclaimed_not_leaked():
     assert alive.returncode == 0
 
 
-def test_foreign_unopened_mdev_is_left_alone():
+def test_foreign_unopened_mdev_is_left_alone() -> None:
     tdir = _type_dir("wd_dummy.1", "zlib")
     name = str(uuid.uuid4())
     with open(f"{tdir}/create", "w") as f:

@@ -39,7 +39,7 @@ def fill_with_slow_requests(q: wrapdrive.Queue) -> tuple[list[Request], wrapdriv
     return reqs, src
 
 
-def test_wd_send_on_full_ring_and_wd_recv_on_empty_return_at_once():
+def test_wd_send_on_full_ring_and_wd_recv_on_empty_return_at_once() -> None:
     with wrapdrive.request_queue("sha256") as q:
         t = time.perf_counter()
         with pytest.raises(wrapdrive.QueueEmptyError):
@@ -58,7 +58,7 @@ def test_wd_send_on_full_ring_and_wd_recv_on_empty_return_at_once():
         assert time.perf_counter() - t < 0.05
 
 
-def test_blocked_recv_sync_uses_almost_no_cpu():
+def test_blocked_recv_sync_uses_almost_no_cpu() -> None:
     with wrapdrive.request_queue("crc32c") as q:
         c0, w0 = cpu_seconds(), time.monotonic()
         with pytest.raises(TimeoutError):
@@ -68,7 +68,7 @@ def test_blocked_recv_sync_uses_almost_no_cpu():
         assert wall >= 1.0 and cpu < 0.05 * wall
 
 
-def test_recv_sync_sleeps_until_the_irq_and_gets_the_result():
+def test_recv_sync_sleeps_until_the_irq_and_gets_the_result() -> None:
     with wrapdrive.request_queue("sha256") as q:
         src = q.alloc(BIG)
         dst = q.alloc(4096)
@@ -88,7 +88,7 @@ def test_recv_sync_sleeps_until_the_irq_and_gets_the_result():
         assert cpu < 0.05 * wall
 
 
-def test_send_sync_waits_for_room_while_sleeping():
+def test_send_sync_waits_for_room_while_sleeping() -> None:
     with wrapdrive.request_queue("sha256") as q:
         reqs, src = fill_with_slow_requests(q)
         extra = Request(wrapdrive.WD_OP_SHA256, src.addr, 64, src.addr + 4096, 32)
@@ -100,7 +100,7 @@ def test_send_sync_waits_for_room_while_sleeping():
         assert cpu < 0.2 * wall + 0.02
 
 
-def test_asyncio_recv_lets_the_loop_run():
+def test_asyncio_recv_lets_the_loop_run() -> None:
     async def main() -> tuple[int, list[int]]:
         with wrapdrive.request_queue("crc32c") as q:
             ticks = 0
@@ -128,7 +128,7 @@ def test_asyncio_recv_lets_the_loop_run():
     assert results == [crc32c_sw(b"\x5a" * n) for n in range(1, 200)]
 
 
-def test_pythonic_async_run():
+def test_pythonic_async_run() -> None:
     async def main() -> bytes:
         with wrapdrive.request_queue("sha256") as q:
             buf = q.alloc(8192)
@@ -140,7 +140,7 @@ def test_pythonic_async_run():
     assert asyncio.run(main()) == hashlib.sha256(b"abc").digest()
 
 
-def test_forked_child_cannot_use_the_parents_queue():
+def test_forked_child_cannot_use_the_parents_queue() -> None:
     with wrapdrive.request_queue("crc32c") as q:
         pid = os.fork()
         if pid == 0:
@@ -156,7 +156,7 @@ def test_forked_child_cannot_use_the_parents_queue():
         assert q.crc32c(b"x") == crc32c_sw(b"x")  # the parent's queue is intact
 
 
-def test_dead_queue_is_reported_not_hung():
+def test_dead_queue_is_reported_not_hung() -> None:
     """Unbinding the parent device kills the queue: a sleeping recv_sync
     wakes with QueueDeadError, the queue can still be released."""
     dev = "wd_dummy.1"
