@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 REPO = Path(__file__).resolve().parent
 VENV_PY = REPO / ".venv" / "bin" / "python"
@@ -29,10 +30,21 @@ def _run(session: nox.Session, *args: str, **env: str) -> None:
 
 @nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
-    """ruff; mypy --strict on userlib/src and tools; checkpatch --strict and sparse on kernel/."""
-    _run(session, PY, "-m", "ruff", "check", "tools", "tests", "userlib", "noxfile.py")
-    _run(session, PY, "-m", "mypy", "--strict", "userlib/src", "tools")
-    _run(session, *BUILD, "lint", "--kernel", "6.1", "--kernel", "6.12")
+    """ruff; mypy --strict on userlib/src and tools; checkpatch --strict and sparse on kernel/.
+    Every check runs even when an earlier one fails, so one run shows every problem."""
+    checks = {
+        "ruff": [PY, "-m", "ruff", "check", "tools", "tests", "userlib", "noxfile.py"],
+        "mypy": [PY, "-m", "mypy", "--strict", "userlib/src", "tools"],
+        "checkpatch+sparse": [*BUILD, "lint", "--kernel", "6.1", "--kernel", "6.12"],
+    }
+    failed = []
+    for name, cmd in checks.items():
+        try:
+            _run(session, *cmd)
+        except CommandFailed:
+            failed.append(name)
+    if failed:
+        session.error("lint failed: " + ", ".join(failed))
 
 
 @nox.session(venv_backend="none")
