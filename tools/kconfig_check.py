@@ -64,6 +64,20 @@ def missing_symbols(kconf: Any, reqs: Sequence[Requirement] = REQUIREMENTS) -> l
     return out
 
 
+def _kconfig_class(kconfiglib: Any) -> Any:
+    """kconfiglib 14.1 (its last release) predates Linux 5.15's bare `modules` attribute
+    (formerly `option modules`) and stops at kernel/module/Kconfig; it already treats
+    MODULES as the modules symbol, so the old spelling is handed to it."""
+
+    class Kconfig(kconfiglib.Kconfig):  # type: ignore[misc]
+        def _tokenize(self, s: str) -> Any:
+            if s.strip() == "modules":
+                s = s.replace("modules", "option modules", 1)
+            return super()._tokenize(s)
+
+    return Kconfig
+
+
 def load(kconfig: Path, dotconfig: Path | None, env: dict[str, str] | None = None) -> Any:
     """Parse srctree/Kconfig and load a .config (kconfiglib reads srctree/ARCH from os.environ)."""
     import kconfiglib
@@ -84,7 +98,7 @@ def load(kconfig: Path, dotconfig: Path | None, env: dict[str, str] | None = Non
     cwd = os.getcwd()
     try:
         os.chdir(srctree)
-        kconf = kconfiglib.Kconfig(str(kconfig), warn=False)
+        kconf = _kconfig_class(kconfiglib)(str(kconfig), warn=False)
         if dotconfig is not None and dotconfig.exists():
             kconf.load_config(str(dotconfig), replace=True)
     finally:

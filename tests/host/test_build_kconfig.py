@@ -21,7 +21,7 @@ mainmenu "fake"
 
 config MODULES
 	bool "modules"
-	option modules
+	modules
 
 config DEBUG_FS
 	bool "debugfs"
