@@ -922,18 +922,25 @@ static int wd_vm_may_split(struct vm_area_struct *vma, unsigned long addr)
 	return -EINVAL;
 }
 
+/*
+ * Populate on demand.  @vma_lock orders this against wd_queue_zap(): a
+ * page is either inserted before the zap (and zapped) or sees @dead.
+ */
 static vm_fault_t wd_vm_fault(struct vm_fault *vmf)
 {
 	struct vm_area_struct *vma = vmf->vma;
 	struct wd_queue *q = vma->vm_private_data;
 	unsigned int index = vmf->pgoff >> (WD_REGION_SHIFT - PAGE_SHIFT);
 	u64 off = (u64)vmf->pgoff << PAGE_SHIFT & WD_REGION_MASK;
+	vm_fault_t ret = VM_FAULT_SIGBUS;
 
-	if (READ_ONCE(q->dead) || index >= WD_NUM_REGIONS ||
-	    off >= wd_region_size(q, index))
-		return VM_FAULT_SIGBUS;
-	return vmf_insert_pfn(vma, vmf->address,
-			      vmalloc_to_pfn(wd_region_base(q, index) + off));
+	mutex_lock(&q->vma_lock);
+	if (!READ_ONCE(q->dead) && index < WD_NUM_REGIONS &&
+	    off < wd_region_size(q, index))
+		ret = vmf_insert_pfn(vma, vmf->address,
+				     vmalloc_to_pfn(wd_region_base(q, index) + off));
+	mutex_unlock(&q->vma_lock);
+	return ret;
 }
 
 static const struct vm_operations_struct wd_vm_ops = {
