@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import sysfs
+from . import bench, sysfs
 from .api import request_queue
 from .crc import crc32c_combine
 from .errors import WrapDriveError
@@ -157,7 +157,48 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ask for a WD_CAPA_SHARE_ALL (SVA) queue")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     run.set_defaults(func=cmd_run)
+    bn = sub.add_parser("bench", help="queue vs AF_ALG vs in-process vs the engine, "
+                                      "side by side in one run")
+    bn.add_argument("--rounds", type=int, default=5, help="rounds per path (median taken)")
+    bn.add_argument("--seconds", type=float, default=0.25, help="length of one round")
+    bn.add_argument("--case", action="append", metavar="ALGO:SIZE", type=_parse_case,
+                    help="only these cases (repeatable), e.g. crc32c:64")
+    bn.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
+    bn.add_argument("--plot", type=Path, metavar="PNG",
+                    help="draw ops/s against size (needs matplotlib)")
+    bn.set_defaults(func=cmd_bench)
     return ap
+
+
+def _parse_case(text: str) -> tuple[str, int]:
+    algo, _, size = text.partition(":")
+    if algo not in bench.OPCODE or not size.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"bad case {text!r}: want ALGO:SIZE with ALGO one of {', '.join(bench.OPCODE)}")
+    return algo, int(size)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.rounds < 1 or args.seconds <= 0:
+        print("wrapdrive bench: --rounds must be >= 1 and --seconds > 0", file=sys.stderr)
+        return 2
+    cases = tuple(args.case) if args.case else bench.DEFAULT_CASES
+    cfg = bench.Config(cases=cases, rounds=args.rounds, seconds=args.seconds)
+    results = bench.run(cfg)
+    rs = bench.ratios(results)
+    print(bench.table(results))
+    print()
+    print(bench.ratio_table(rs))
+    if args.json:
+        bench.write_json(args.json, results, rs, cfg)
+        print(f"wrote {args.json}", file=sys.stderr)
+        if args.plot:
+            bench.plot(args.json, args.plot)
+            print(f"wrote {args.plot}", file=sys.stderr)
+    elif args.plot:
+        print("wrapdrive bench: --plot needs --json", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
