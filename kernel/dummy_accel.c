@@ -52,7 +52,11 @@ MODULE_PARM_DESC(ring_entries, "ring entries per queue, a power of two (2..65536
 
 static unsigned int poll_idle_us = 200;
 module_param(poll_idle_us, uint, 0644);
-MODULE_PARM_DESC(poll_idle_us, "engine keeps polling this long after the last request (default 200)");
+MODULE_PARM_DESC(poll_idle_us, "engine polls at least this long after the last request (default 200)");
+
+static unsigned int poll_max_us = 10000;
+module_param(poll_max_us, uint, 0644);
+MODULE_PARM_DESC(poll_max_us, "upper bound of the adaptive polling window (default 10000)");
 
 static const struct wd_capa wd_dummy_capas[] = {
 	{ .sysfs_name = "memcpy", .algo_type = "memcpy" },
@@ -402,10 +406,14 @@ static u32 wd_dummy_round(struct wd_dummy_dev *d)
 				};
 			}
 			wd_queue_post(dq->q, &cqe);
+			/*
+			 * A sleeper wants the first completion, not the last of
+			 * the round: a round of large requests can take seconds.
+			 */
+			wd_queue_notify(dq->q);
 		}
 		if (access)
 			wd_queue_end_access(dq->q);
-		wd_queue_notify(dq->q);
 		cond_resched();
 	}
 	mutex_unlock(&d->lock);
@@ -456,10 +464,31 @@ static void wd_dummy_wake_up(struct wd_dummy_dev *d)
 	mutex_unlock(&d->lock);
 }
 
+/*
+ * The polling window adapts like NAPI's interrupt moderation: a kick that
+ * comes soon after the engine went idle means requests arrive a little
+ * slower than the window, and each of them now pays a wake-up; so the
+ * window doubles (up to poll_max_us).  A long quiet spell brings it back
+ * towards poll_idle_us, so an idle device does not burn CPU.
+ */
+static u64 wd_dummy_adapt_window(u64 window, u64 idle_ns)
+{
+	u64 lo = (u64)READ_ONCE(poll_idle_us) * NSEC_PER_USEC;
+	u64 hi = max_t(u64, lo, (u64)READ_ONCE(poll_max_us) * NSEC_PER_USEC);
+
+	if (idle_ns < 4 * window)
+		window *= 2;
+	else if (idle_ns > 64 * window)
+		window /= 2;
+	return clamp(window, lo, hi);
+}
+
 static int wd_dummy_engine(void *data)
 {
 	struct wd_dummy_dev *d = data;
 	u64 last_work = ktime_get_ns();
+	u64 window = (u64)READ_ONCE(poll_idle_us) * NSEC_PER_USEC;
+	u64 idle_since = 0;
 	bool idle = false;
 	u64 t0;
 	u32 n;
@@ -478,14 +507,14 @@ static int wd_dummy_engine(void *data)
 			continue;
 		}
 		if (!idle) {
-			if (ktime_get_ns() - last_work <
-			    (u64)READ_ONCE(poll_idle_us) * NSEC_PER_USEC) {
+			if (ktime_get_ns() - last_work < window) {
 				cond_resched();
 				continue;
 			}
 			if (!wd_dummy_go_idle(d))
 				continue;
 			idle = true;
+			idle_since = ktime_get_ns();
 		}
 		wait_event_idle_timeout(d->wq, atomic_read(&d->kicked) ||
 					kthread_should_stop(),
@@ -494,6 +523,8 @@ static int wd_dummy_engine(void *data)
 			wd_dummy_wake_up(d);
 			idle = false;
 			last_work = ktime_get_ns();
+			window = wd_dummy_adapt_window(window,
+						       last_work - idle_since);
 		}
 	}
 	return 0;
