@@ -92,3 +92,12 @@ def test_bench_rejects_bad_cases(bad: str, capsys: pytest.CaptureFixture[str]) -
 def test_bench_rejects_bad_rounds(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bench", "--rounds", "0"]) == 2
     assert "--rounds" in capsys.readouterr().err
+
+
+def test_engine_threads_found_by_name(tmp_path: Path) -> None:
+    for pid, comm in ((12, "wd_dummy/0\n"), (13, "python3\n"), (14, "wd_dummy/1\n")):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "comm").write_text(comm)
+    (tmp_path / "15").mkdir()  # exited: no comm
+    (tmp_path / "self").mkdir()
+    assert sorted(bench.engine_threads(tmp_path)) == [12, 14]
