@@ -85,5 +85,19 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
-    """`wrapdrive bench` in a 6.1 guest (not part of the default sessions)."""
-    _run(session, *BUILD, "run", "--kernel", "6.1", "--build", "--", "wrapdrive", "bench", *session.posargs)
+    """`wrapdrive bench` in a 6.1 guest, then the table, JSON and plot in bench-results/.
+
+    Not part of the default sessions: figures from a TCG guest are ratios, never a
+    pass/fail test.  Extra arguments go to `wrapdrive bench` (e.g. --rounds 3)."""
+    # The in-process crc32c reference and the plot: only this session needs them.
+    _run(session, PY, "-m", "pip", "install", "-q", "crc32c==2.9.post0", "matplotlib==3.11.2")
+    out = REPO / "bench-results"
+    out.mkdir(exist_ok=True)
+    shared = REPO / ".cache" / "vm" / "bench.json"  # .cache/vm is writable from the guest
+    _run(session, *BUILD, "run", "--kernel", "6.1", "--build", "--",
+         "wrapdrive", "bench", "--json", str(shared), *session.posargs)
+    (out / "bench.json").write_text(shared.read_text())
+    _run(session, PY, "-c", "import sys, pathlib; from wrapdrive.bench import plot; "
+         "plot(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]))",
+         str(out / "bench.json"), str(out / "bench.png"))
+    session.log(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")

@@ -3,7 +3,6 @@ import errno
 import os
 import select
 import signal
-import struct
 import subprocess
 import sys
 import time

@@ -5,8 +5,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kernel_vfio import (MDEV_BUS, MDEV_DEVICES, create_mdev, read, remove_mdev,  # noqa: E402
-                         type_dir, write)
+from kernel_vfio import MDEV_BUS, MDEV_DEVICES, create_mdev, read, remove_mdev, type_dir, write  # noqa: E402
 
 TYPES = {
     "memcpy": ("memcpy", 0), "crc32c": ("crc32c", 0), "sha256": ("sha256", 0),

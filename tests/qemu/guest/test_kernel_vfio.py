@@ -4,7 +4,6 @@ import errno
 import mmap
 import os
 import select
-import signal
 import struct
 import sys
 import time

@@ -10,7 +10,8 @@ Paths (one line each in the table and the plot):
 ``queue-poll-bN``
     a ``PreparedBatch`` of N descriptors (packed once, resubmitted with one
     copy and one doorbell store), completions taken with ``Ring.recv_raw``
-    and polled in user space. No syscall.
+    and polled in user space; no syscall.  N=1 is a strict round trip
+    (latency); larger N keep two batches in flight (throughput).
 ``queue-sync-bN``
     the seed's sync calls: ``wd_send`` of N requests, then ``wd_recv_sync``
     for each (spin briefly, then sleep on the eventfd).
@@ -156,18 +157,31 @@ class QueueBench:
                      for i in range(batch)]
 
     def poll_step(self) -> int:
-        """One prepared batch, completions polled: no syscall."""
+        """Batch 1 is a strict round trip (latency): submit, poll until it
+        is back.  Larger batches measure throughput as a streaming user
+        gets it: up to two prepared batches in flight, so the engine works
+        on one while Python reaps and refills the other.  No syscall."""
         ring = self.q.ring
-        self.prepared.submit(ring)
+        pb = self.prepared
+        depth = pb.n if pb.n == 1 else 2 * pb.n
+        while ring.in_flight + pb.n <= depth:
+            pb.submit(ring)
         got = 0
         recv = ring.recv_raw
-        while got < self.batch:
+        while not got:
             vals = recv()
             if vals:
                 if any(vals[1::4]):
                     raise RuntimeError(f"device error status {max(vals[1::4])} in benchmark")
-                got += len(vals) >> 2
+                got = len(vals) >> 2
         return got
+
+    def drain(self) -> None:
+        """Take back what is still in flight before the buffers go."""
+        ring = self.q.ring
+        deadline = time.monotonic() + 10.0
+        while ring.in_flight and time.monotonic() < deadline:
+            ring.recv_raw()
 
     def sync_step(self) -> int:
         """One batch through the seed's calls: wd_send_sync each request,
@@ -182,6 +196,7 @@ class QueueBench:
         return self.batch
 
     def close(self) -> None:
+        self.drain()
         self.q.free(self.src)
         if self.out_len:
             self.q.free(self.dst)
@@ -272,6 +287,7 @@ def run(cfg: Config) -> list[Result]:
     for algo, size in cfg.cases:
         data = sample_data(size)
         steps: dict[str, Callable[[], int]] = {}
+        drains: dict[str, Callable[[], None]] = {}
         cleanup: list[Callable[[], None]] = []
         q = Queue(Capa(algo))
         cleanup.append(q.close)
@@ -280,6 +296,7 @@ def run(cfg: Config) -> list[Result]:
                 qb = QueueBench(q, size, b)
                 cleanup.insert(0, qb.close)
                 steps[f"queue-poll-b{b}"] = qb.poll_step
+                drains[f"queue-poll-b{b}"] = qb.drain
                 steps[f"queue-sync-b{b}"] = qb.sync_step
             if algo in ("crc32c", "sha256"):
                 try:
@@ -297,6 +314,8 @@ def run(cfg: Config) -> list[Result]:
                 _progress(f"{algo} {size} B: round {r + 1}/{cfg.rounds}")
                 for p, st in steps.items():
                     case[p].rounds.append(ops_per_second(st, cfg.seconds))
+                    if p in drains:  # nothing of this path left in flight
+                        drains[p]()
                 engine.rounds.append(engine_rate(q.parent, algo, size, count))
             results += [*case.values(), engine]
         finally:
