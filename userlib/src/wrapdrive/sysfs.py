@@ -130,35 +130,34 @@ def _parse_cpulist(text: str) -> set[int]:
     return cpus
 
 
-def node_cpus(root: Path = SYSFS) -> dict[int, set[int]]:
-    """node -> CPUs, from /sys/devices/system/node/node*/cpulist."""
-    out: dict[int, set[int]] = {}
+def _node_attr(name: str, root: Path) -> dict[int, str | None]:
+    """node -> the text of /sys/devices/system/node/node<N>/<name>, for every node."""
+    out: dict[int, str | None] = {}
     base = root / "devices/system/node"
     try:
         names = os.listdir(base)
     except OSError:
         return out
-    for name in names:
-        if name.startswith("node") and name[4:].isdigit():
-            text = _read(base / name / "cpulist")
-            out[int(name[4:])] = _parse_cpulist(text) if text else set()
+    for entry in names:
+        if entry.startswith("node") and entry[4:].isdigit():
+            out[int(entry[4:])] = _read(base / entry / name)
     return out
+
+
+def node_cpus(root: Path = SYSFS) -> dict[int, set[int]]:
+    """node -> CPUs, from /sys/devices/system/node/node*/cpulist."""
+    return {node: _parse_cpulist(text) if text else set()
+            for node, text in _node_attr("cpulist", root).items()}
 
 
 def node_distances(root: Path = SYSFS) -> dict[int, list[int]]:
     """node -> its row of /sys/devices/system/node/node<N>/distance."""
     out: dict[int, list[int]] = {}
-    base = root / "devices/system/node"
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return out
-    for name in names:
-        if name.startswith("node") and name[4:].isdigit():
-            text = _read(base / name / "distance")
-            if text:
-                with contextlib.suppress(ValueError):
-                    out[int(name[4:])] = [int(x) for x in text.split()]
+    for node, text in _node_attr("distance", root).items():
+        if not text:
+            continue
+        with contextlib.suppress(ValueError):
+            out[node] = [int(x) for x in text.split()]
     return out
 
 
