@@ -45,6 +45,12 @@
  * mappings are zapped (access faults with SIGBUS), and ioctls, read and
  * write fail with -ENODEV; close() still works.
  *
+ * VFIO_DEVICE_RESET stops the queue, drops every request not yet
+ * completed (no completion is posted for them: the caller of the reset
+ * owns their fate), sets all four indices back to 0 and starts it again.
+ * wd_dummy finishes each request it has taken before the reset returns,
+ * so it never posts WD_STS_ABORTED; the code is for drivers that abort.
+ *
  * fork(): the regions are mapped VM_DONTCOPY, so a child has no mapping of
  * its parent's queue.  A child holding an inherited device fd can only
  * close it: mmap, read, write and ioctls from another address space than
@@ -86,7 +92,7 @@
 #define WD_STS_NOSPC		4	/* output buffer too small */
 #define WD_STS_BAD_DATA		5	/* corrupt input (e.g. inflate) */
 #define WD_STS_BAD_FLAGS	6	/* reserved descriptor bits set */
-#define WD_STS_ABORTED		7	/* queue reset or died before done */
+#define WD_STS_ABORTED		7	/* a driver cut the request short */
 
 #define WD_MAX_LEN		(16U << 20)	/* max src_len / dst_len */
 #define WD_SHA256_DIGEST_LEN	32
@@ -122,7 +128,7 @@ struct wd_doorbell {
 
 /* ring.status bits, set by the device. */
 #define WD_Q_ENGINE_IDLE	(1U << 0) /* engine sleeps: kick by pwrite */
-#define WD_Q_DEAD		(1U << 1) /* device gone or queue reset */
+#define WD_Q_DEAD		(1U << 1) /* device gone; mappings zapped next */
 
 /* First page of WD_REGION_RING: the device writes, user space reads. */
 struct wd_ring_hdr {
