@@ -1,6 +1,7 @@
-"""Host unit tests of PreparedBatch: it must write exactly the descriptors
-Ring.send_raw writes (same slots, same tags), across the ring's end and the
-32-bit index wrap.  The FakeRegions stand-in is the ring unit tests' own."""
+"""Host unit tests of PreparedBatch: it must write the descriptors
+Ring.send_raw writes, at the same slots, except that a descriptor's tag is
+its ring slot; across the ring's end and the 32-bit index wrap.  The
+FakeRegions stand-in is the ring unit tests' own."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _run(start: int, prepared: bool, rounds: int) -> list[tuple[int, ...]]:
         else:
             first = r.send_raw(uapi.WD_OP_SHA256, SRCS, LENS, DSTS, DLENS)
         descs = f.consume()
-        assert descs[0][0] == first
+        assert descs[0][0] == (first if not prepared else first & (ENTRIES - 1))
         seen += descs
         for d in descs:
             f.complete(d[0])
@@ -38,7 +39,10 @@ def _run(start: int, prepared: bool, rounds: int) -> list[tuple[int, ...]]:
 def test_prepared_writes_what_send_raw_writes(start: int) -> None:
     # 5 rounds of 3 on an 8-entry ring cross the ring's end; the last start
     # crosses the 32-bit wrap inside a batch.
-    assert _run(start, True, 5) == _run(start, False, 5)
+    raw = _run(start, False, 5)
+    prepared = _run(start, True, 5)
+    assert [d[1:] for d in prepared] == [d[1:] for d in raw]
+    assert [d[0] for d in prepared] == [t & (ENTRIES - 1) for t in (d[0] for d in raw)]
 
 
 def test_prepared_is_all_or_nothing_when_full() -> None:
@@ -50,8 +54,15 @@ def test_prepared_is_all_or_nothing_when_full() -> None:
     with pytest.raises(BlockingIOError):
         pb.submit(r)  # 6 in flight, 2 free: refused at once, nothing written
     assert f.db[uapi.DB_SQ_TAIL_WORD] == 6
-    assert len(f.consume()) == 6
+    assert [d[0] for d in f.consume()] == [0, 1, 2, 3, 4, 5]
     assert ENTRIES == 8
+
+
+def test_prepared_templates_are_per_slot_and_cached() -> None:
+    pb = PreparedBatch(uapi.WD_OP_CRC32C, [0x1000] * 2, [8] * 2)
+    t = pb.template(8, 7)
+    assert [uapi.DESC_STRUCT.unpack_from(t, i * 32)[0] for i in range(2)] == [7, 0]
+    assert pb.template(8, 7) is t
 
 
 @pytest.mark.parametrize("kwargs", [

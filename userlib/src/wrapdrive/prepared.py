@@ -2,26 +2,26 @@
 
 An application that repeats the same shape of work (hash these 64 buffers,
 again and again, as a storage or network stack does with its fixed buffer
-pool) need not pack the descriptors each time.  ``PreparedBatch`` packs them
-once into a template; submitting copies the template into the SQ slots (one
-slice assignment) and stamps the tags with one strided store, so the Python
-cost of a batch no longer grows with the number of descriptors: a batch of
-64 costs about what a batch of 1 does.
+pool) need not pack the descriptors each time.  ``PreparedBatch`` keeps the
+packed descriptors, tags included, for each ring slot the batch has started
+at; submitting is then one slice copy into the SQ and one doorbell store, so
+the Python cost of a batch hardly grows with its length.
 
-Tags are the ring indices, as ``Ring.send_raw`` gives them; completions come
-back through ``Ring.recv_raw``.
+The tag of each descriptor is its ring slot (``index & (entries - 1)``):
+unique among requests in flight, since at most ``entries`` are, and fixed
+for a slot, which is what lets the tags live in the template.  Completions
+come back through ``Ring.recv_raw``.  A batch whose length divides the ring
+size, submitted on its own, uses entries / n templates.
 """
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Sequence
 
 from . import uapi
 from .ring import U32, Ring, desc_struct
 
-_DESC_WORDS = uapi.DESC_STRUCT.size // 4  # u32 words per descriptor
-_TAG_WORD = 0  # wd_desc.tag is the first word; uapi test pins the offset
+_DESC_SIZE = uapi.DESC_STRUCT.size
 
 
 class PreparedBatch:
@@ -41,14 +41,27 @@ class PreparedBatch:
         for length in (*src_lens, *dst_lens):
             if not 0 <= length <= uapi.WD_MAX_LEN:
                 raise ValueError(f"length {length} outside 0..WD_MAX_LEN")
-        args: list[int] = []
-        for i in range(n):
-            args += (0, opcode, 0, srcs[i], dsts[i], src_lens[i], dst_lens[i])
         self.n = n
-        self.template = desc_struct(n).pack(*args)
+        self._rows = [(opcode, 0, srcs[i], dsts[i], src_lens[i], dst_lens[i])
+                      for i in range(n)]
+        self._templates: dict[tuple[int, int], bytes] = {}  # (entries, slot) -> SQ bytes
+
+    def template(self, entries: int, slot: int) -> bytes:
+        """The batch packed as it is written at ``slot`` of an ``entries`` ring
+        (tags are the slots it occupies, wrapping at the ring's end)."""
+        key = (entries, slot)
+        t = self._templates.get(key)
+        if t is None:
+            mask = entries - 1
+            args: list[int] = []
+            for i, row in enumerate(self._rows):
+                args += ((slot + i) & mask, *row)
+            t = self._templates[key] = desc_struct(self.n).pack(*args)
+        return t
 
     def submit(self, ring: Ring) -> int:
-        """Post the batch with one doorbell store; returns the first tag.
+        """Post the batch with one doorbell store; returns its first slot
+        (the tag of its first descriptor).
 
         Raises BlockingIOError (EBUSY) when the ring has no room for all of
         it: a prepared batch is posted whole or not at all."""
@@ -59,20 +72,10 @@ class PreparedBatch:
         if ring.entries - ((tail - ring.cq_head) & U32) < n:
             raise BlockingIOError(16, f"no room for {n} descriptors")
         slot = tail & ring.mask
+        t = self.template(ring.entries, slot)
         first = min(n, ring.entries - slot)
-        self._stamp(ring, slot, 0, first, tail)
+        ring.sq[slot * _DESC_SIZE:(slot + first) * _DESC_SIZE] = t[:first * _DESC_SIZE]
         if first < n:
-            self._stamp(ring, 0, first, n - first, (tail + first) & U32)
+            ring.sq[:(n - first) * _DESC_SIZE] = t[first * _DESC_SIZE:]
         ring._publish((tail + n) & U32)
-        return tail
-
-    def _stamp(self, ring: Ring, slot: int, start: int, count: int, tag: int) -> None:
-        size = uapi.DESC_STRUCT.size
-        ring.sq[slot * size:(slot + count) * size] = \
-            self.template[start * size:(start + count) * size]
-        if tag + count <= U32 + 1:
-            tags = array("I", range(tag, tag + count))
-        else:  # the 32-bit index wraps inside this batch
-            tags = array("I", ((tag + i) & U32 for i in range(count)))
-        first_word = slot * _DESC_WORDS + _TAG_WORD
-        ring.sq.cast("I")[first_word:first_word + count * _DESC_WORDS:_DESC_WORDS] = tags
+        return slot
