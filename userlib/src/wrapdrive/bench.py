@@ -56,6 +56,7 @@ DEFAULT_CASES: tuple[tuple[str, int], ...] = (
     ("zlib", 65536),
 )
 BATCHES = (1, 16, 64)
+POLL_TIMEOUT = 10.0  # seconds without a completion before the poll path gives up
 OPCODE = {"crc32c": uapi.WD_OP_CRC32C, "sha256": uapi.WD_OP_SHA256,
           "zlib": uapi.WD_OP_DEFLATE}
 
@@ -137,18 +138,16 @@ class QueueBench:
         data = sample_data(size)
         for i in range(batch):
             self.src.write(data, i * stride)
-        self.srcs = [q.device_address(self.src.addr + i * stride, stride) for i in range(batch)]
-        self.lens = [size] * batch
+        srcs = [q.device_address(self.src.addr + i * stride, stride) for i in range(batch)]
+        dsts: list[int] | None = None
+        dst_lens: list[int] | None = None
         if self.out_len:
             self.dst = q.alloc(self.out_len * batch)
-            self.dsts: list[int] | None = [
-                q.device_address(self.dst.addr + i * self.out_len, self.out_len)
-                for i in range(batch)]
-            self.dst_lens: list[int] | None = [self.out_len] * batch
-        else:
-            self.dsts = self.dst_lens = None
-        self.prepared = PreparedBatch(self.opcode, self.srcs, self.lens, self.dsts,
-                                      self.dst_lens)
+            dsts = [q.device_address(self.dst.addr + i * self.out_len, self.out_len)
+                    for i in range(batch)]
+            dst_lens = [self.out_len] * batch
+        self.prepared = PreparedBatch(self.opcode, srcs, [size] * batch, dsts, dst_lens)
+        self._stuck_since = 0.0  # when the poll path last started waiting in vain
         # The sync path uses process addresses, translated per request as a
         # user of wd_send would; the Request objects are reused.
         dst_addr = self.dst.addr if self.out_len else 0
@@ -166,20 +165,29 @@ class QueueBench:
         depth = pb.n if pb.n == 1 else 2 * pb.n
         while ring.in_flight + pb.n <= depth:
             pb.submit(ring)
-        got = 0
         recv = ring.recv_raw
-        while not got:
+        vals = recv()
+        spins = 0
+        while not vals:
+            spins += 1
+            if not spins & 0xFFFF:  # rarely: a device that stopped must not hang us
+                self._check_progress(spins)
             vals = recv()
-            if vals:
-                if any(vals[1::4]):
-                    raise RuntimeError(f"device error status {max(vals[1::4])} in benchmark")
-                got = len(vals) >> 2
-        return got
+        if any(vals[1::4]):
+            raise RuntimeError(f"device error status {max(vals[1::4])} in benchmark")
+        return len(vals) >> 2
+
+    def _check_progress(self, spins: int) -> None:
+        if spins == 0x10000:
+            self._stuck_since = time.monotonic()
+        elif time.monotonic() - self._stuck_since > POLL_TIMEOUT:
+            raise TimeoutError(f"{self.q.name}: no completion for {POLL_TIMEOUT:.0f} s "
+                               f"with {self.q.ring.in_flight} requests in flight")
 
     def drain(self) -> None:
         """Take back what is still in flight before the buffers go."""
         ring = self.q.ring
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + POLL_TIMEOUT
         while ring.in_flight and time.monotonic() < deadline:
             ring.recv_raw()
 
