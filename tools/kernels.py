@@ -3,16 +3,29 @@
 Everything here uses only the standard library, so the bootstrap can run it with the
 system's python3 before the project's venv exists.  The functions that decide *what*
 to do (package names, deb822 parsing, version picking, paths) are pure and tested in
-tests/host/test_build_kernels.py; the ones that *do* it take a `runner` so tests can
+tests/host/test_build_tool.py; the ones that *do* it take a `runner` so tests can
 replace apt and dpkg.
+
+The kernels are shared by every clone of the user, like the debs they come from:
+  ~/.cache/wrapdrive/debs/<file>.deb        each checked against the package index (size,
+                                            SHA256 of the exact version) before use;
+                                            downloaded into a temporary folder, renamed in
+  ~/.cache/wrapdrive/kernels/<release>/     unpacked into a temporary folder, headers fixed,
+                                            depmod run, then renamed: a half-unpacked
+                                            kernel is never under this name
+  .cache/kernels/<6.1|6.12>                 a symlink to the shared kernel
+Every external command runs with a time limit (TIMEOUTS).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +33,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"
 KERNEL_CACHE = CACHE / "kernels"
-DEB_CACHE = KERNEL_CACHE / "debs"
-# Shared by every clone of the user (CI runs in a fresh clone): debs found here are copied
-# instead of downloaded again, and downloads are copied here.
-SHARED_DEBS = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wrapdrive" / "debs"
+# Shared by every clone of the user (CI runs in a fresh clone).
+SHARED = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wrapdrive"
+SHARED_DEBS = SHARED / "debs"
+SHARED_KERNELS = SHARED / "kernels"
+COMPLETE_STAMP = ".wd-complete"
+
+# Seconds each external command may take (generous: the machine may be loaded).
+TIMEOUTS: dict[str, float] = {
+    "apt-get update": 900,
+    "apt-get install": 3600,
+    "apt-get download": 1800,
+    "apt-cache": 120,
+    "dpkg-query": 120,
+    "dpkg": 600,
+    "depmod": 300,
+}
+DEFAULT_TIMEOUT = 600.0
 
 # Debian packages the build, lint and VM paths need on the host.
 APT_PACKAGES: tuple[str, ...] = (
@@ -46,6 +72,7 @@ APT_PACKAGES: tuple[str, ...] = (
     "mdevctl",
     "linux-source-6.1",  # checkpatch.pl, spelling.txt, const_structs.checkpatch
     "python3-venv",
+    "python3-dev",  # the userlib's C extension builds against Debian's python3
     "ca-certificates",
 )
 
@@ -60,12 +87,62 @@ class SetupError(RuntimeError):
 Runner = Callable[[Sequence[str]], str]
 
 
+def timeout_for(cmd: Sequence[str]) -> float:
+    """The time limit of an external command (TIMEOUTS by its first one or two words)."""
+    return TIMEOUTS.get(" ".join(cmd[:2]), TIMEOUTS.get(Path(cmd[0]).name, DEFAULT_TIMEOUT))
+
+
+def run_limited(
+    cmd: Sequence[str],
+    timeout: float,
+    *,
+    capture: bool = True,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[int, str, str]:
+    """Run cmd in its own process group; past timeout the whole group (make's compilers,
+    apt's methods) is killed and SetupError says so.  (returncode, stdout, stderr); the
+    output is shown instead of captured with capture=False."""
+    pipe = subprocess.PIPE if capture else None
+    try:
+        proc = subprocess.Popen(list(cmd), stdout=pipe, stderr=pipe, stdin=subprocess.DEVNULL, cwd=cwd, env=env,
+                                text=True, errors="replace", start_new_session=True)  # fmt: skip
+    except OSError as e:
+        raise SetupError(f"`{' '.join(cmd)}` cannot run: {e.strerror}") from e
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        kill_group(proc)
+        raise SetupError(f"`{' '.join(cmd)}` did not finish within {timeout:.0f}s: killed") from e
+    except BaseException:
+        kill_group(proc)
+        raise
+    return proc.returncode, out or "", err or ""
+
+
+def kill_group(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def run_capture(cmd: Sequence[str]) -> str:
-    """Default runner: run cmd, return stdout, raise SetupError with stderr on failure."""
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SetupError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr.strip()}")
-    return proc.stdout
+    """Default runner: run cmd with its time limit, return stdout; SetupError (with its
+    stderr) when it fails or runs too long."""
+    rc, out, err = run_limited(cmd, timeout_for(cmd))
+    if rc != 0:
+        raise SetupError(f"`{' '.join(cmd)}` failed ({rc}): {err.strip()}")
+    return out
+
+
+def run_shown(cmd: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
+    """Run cmd with its output shown and its time limit; one-line SetupError on failure
+    (its own messages are above it)."""
+    rc, _, _ = run_limited(cmd, timeout_for(cmd), capture=False, cwd=cwd, env=env)
+    if rc != 0:
+        raise SetupError(f"`{' '.join(cmd)}` failed (exit {rc}); its messages are above")
 
 
 def is_root() -> bool:
@@ -191,9 +268,9 @@ def ensure_apt_packages(packages: Sequence[str] = APT_PACKAGES) -> list[str]:
             "missing Debian packages: " + " ".join(missing) + "\nrun as root: sudo python3 tools/build.py deps"
         )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+    run_shown(["apt-get", "update", "-q"], env=env)
     if missing:
-        subprocess.run(apt_install_cmd(missing), check=True, env=env)
+        run_shown(apt_install_cmd(missing), env=env)
     return missing
 
 
@@ -205,20 +282,6 @@ class KernelPackages:
     name: str  # "6.1" / "6.12": the cache folder
     release: str  # uname -r, e.g. 6.1.0-56-amd64
     packages: tuple[str, ...]
-
-
-_PKG_IN_DEPENDS = re.compile(r"^\s*([a-z0-9][a-z0-9+.\-]+)")
-
-
-def depends_names(depends: str) -> list[str]:
-    """Package names of a Depends field, first alternative of each item."""
-    names = []
-    for item in depends.split(","):
-        first = item.split("|")[0]
-        m = _PKG_IN_DEPENDS.match(first)
-        if m:
-            names.append(m.group(1))
-    return names
 
 
 def field(control: str, name: str) -> str:
@@ -291,6 +354,98 @@ def resolve_kernel(name: str, runner: Runner = run_capture) -> KernelPackages:
     return KernelPackages(name, release, (image_pkg, headers, *support))
 
 
+# --------------------------------------------------------------------------- debs, checked
+
+
+@dataclass(frozen=True)
+class Deb:
+    """A package's record in the apt index: the exact file to use and how to check it."""
+
+    package: str
+    version: str
+    filename: str  # the .deb's name (basename of the index's Filename)
+    size: int
+    sha256: str
+
+
+def index_entry(package: str, runner: Runner = run_capture) -> Deb:
+    """The candidate version's index record (apt-cache show of exactly that version)."""
+    text = runner(["apt-cache", "show", "--no-all-versions", package])
+    version, fname, size, sha = (field(text, k) for k in ("Version", "Filename", "Size", "SHA256"))
+    if not (version and fname and size.isdigit() and len(sha) == 64):
+        raise SetupError(f"{package}: the apt index has no usable record (Version/Filename/Size/SHA256)")
+    return Deb(package, version, Path(fname).name, int(size), sha.lower())
+
+
+def deb_problem(path: Path, deb: Deb) -> str:
+    """'' when path is the file the index describes, else what is wrong with it."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        return f"{path.name}: {e.strerror}"
+    if size != deb.size:
+        return f"{path.name}: {size} bytes, the index says {deb.size}"
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != deb.sha256:
+        return f"{path.name}: SHA256 {h.hexdigest()}, the index says {deb.sha256}"
+    return ""
+
+
+def download_cmd(debs: Sequence[Deb]) -> list[str]:
+    return ["apt-get", "download", *(f"{d.package}={d.version}" for d in debs)]
+
+
+Download = Callable[[list[str], Path], object]
+
+
+def fetch_debs(
+    debs: Sequence[Deb],
+    shared: Path,
+    log: Callable[[str], None],
+    download: Download | None = None,
+) -> dict[str, Path]:
+    """Each deb, checked, in `shared`: one already there is used when its size and SHA256
+    match the index (else deleted); the rest are downloaded into a temporary folder,
+    checked, and renamed into place (a file under its final name is always whole)."""
+    shared.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    missing: list[Deb] = []
+    for d in debs:
+        path = shared / d.filename
+        if path.exists():
+            bad = deb_problem(path, d)
+            if not bad:
+                out[d.package] = path
+                continue
+            log(f"dropping a damaged cached deb: {bad}")
+            path.unlink()
+        missing.append(d)
+    if not missing:
+        return out
+    log(f"downloading {' '.join(d.filename for d in missing)}")
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=shared))
+    try:
+        fetch = download or (lambda cmd, cwd: run_shown(cmd, cwd=cwd))
+        try:
+            fetch(download_cmd(missing), tmp)
+        except SetupError as e:
+            hint = "" if is_root() else " (as root, `sudo python3 tools/build.py deps` first)"
+            raise SetupError(f"cannot download {' '.join(d.package for d in missing)}: {e}{hint}") from e
+        for d in missing:
+            got = tmp / d.filename
+            bad = deb_problem(got, d)
+            if bad:
+                raise SetupError(f"downloaded {bad}")
+            os.replace(got, shared / d.filename)
+            out[d.package] = shared / d.filename
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 # --------------------------------------------------------------------------- unpacked layout
 
 
@@ -326,8 +481,15 @@ def kernel(name: str, cache: Path = KERNEL_CACHE) -> Kernel:
 
 
 def is_complete(k: Kernel) -> bool:
+    """Unpacked to the end: only a finished unpack carries the stamp (written last, before
+    the rename that gives the folder its name)."""
     try:
-        return k.image.is_file() and (k.kdir / "Makefile").is_file() and (k.kdir / ".config").is_file()
+        return (
+            (k.root / COMPLETE_STAMP).is_file()
+            and k.image.is_file()
+            and (k.kdir / "Makefile").is_file()
+            and (k.kdir / ".config").is_file()
+        )
     except SetupError:
         return False
 
@@ -346,31 +508,64 @@ def fixed_makefile(text: str, root: Path) -> str:
     return "".join(lines)
 
 
-def fix_headers(k: Kernel) -> bool:
+def fix_headers(k: Kernel, root: Path | None = None) -> bool:
+    """Point the headers' Makefile at `root` (where the tree will live; default: k.root)."""
     mk = k.kdir / "Makefile"
     old = mk.read_text()
-    new = fixed_makefile(old, k.root.resolve())
+    new = fixed_makefile(old, (root or k.root).resolve())
     if new != old:
         mk.write_text(new)
         return True
     return False
 
 
-def deb_files(pkgs: KernelPackages, debs: Path) -> dict[str, Path | None]:
-    """Each package and the .deb already in debs for it (None when not downloaded)."""
-    out: dict[str, Path | None] = {}
-    for p in pkgs.packages:
-        hits = sorted(debs.glob(f"{p}_*.deb"))
-        out[p] = hits[-1] if hits else None
-    return out
-
-
-def download_cmd(packages: Sequence[str]) -> list[str]:
-    return ["apt-get", "download", *packages]
-
-
 def unpack_cmd(deb: Path, dest: Path) -> list[str]:
     return ["dpkg", "-x", str(deb), str(dest)]
+
+
+def unpack(
+    name: str, release: str, debs: dict[str, Path], shared: Path, runner: Runner, log: Callable[[str], None]
+) -> Path:
+    """Unpack debs into a temporary folder, fix the headers, run depmod (virtme-ng would
+    otherwise write modules.dep into the shared tree at boot), stamp it, then rename it to
+    shared/<release>.  Another process that finished first wins; this copy is dropped."""
+    shared.mkdir(parents=True, exist_ok=True)
+    final = shared / release
+    for stale in shared.glob(f".unpack-{release}-*"):
+        pid = stale.name.split("-")[-2] if stale.name.count("-") >= 3 else ""
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".unpack-{release}-{os.getpid()}-", dir=shared))
+    try:
+        for deb in debs.values():
+            log(f"{name}: unpacking {deb.name}")
+            runner(unpack_cmd(deb, tmp))
+        k = Kernel(name, tmp)
+        fix_headers(k, final)
+        runner(["depmod", "-a", "-b", str(tmp), k.release])
+        (tmp / COMPLETE_STAMP).write_text("".join(f"{p.name}\n" for p in debs.values()))
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not is_complete(Kernel(name, final)):
+                raise
+            log(f"{name}: another process unpacked {release} first; using it")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def link(cache: Path, name: str, target: Path) -> Kernel:
+    """cache/<name> -> target (a symlink, replaced atomically)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    dest = cache / name
+    if dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest)  # an unpack of an older harness, private to this clone
+    tmp = cache / f".{name}.link-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, dest)
+    return Kernel(name, dest)
 
 
 def prepare_kernel(
@@ -378,16 +573,16 @@ def prepare_kernel(
     cache: Path = KERNEL_CACHE,
     runner: Runner = run_capture,
     log: Callable[[str], None] = print,
-    shared: Path | None = SHARED_DEBS,
-    download: Callable[[list[str], Path], object] | None = None,
+    shared: Path | None = SHARED,
+    download: Download | None = None,
 ) -> Kernel:
-    """Make cache/<name> a complete kernel: reuse it if complete, else fetch and unpack."""
+    """Make cache/<name> a complete kernel: reuse it; else link the shared unpacked
+    kernel of the release the apt index names; else fetch (checked) and unpack it."""
     k = kernel(name, cache)
     if is_complete(k):
-        if fix_headers(k):
-            log(f"{name}: headers Makefile re-pointed into {k.root}")
         log(f"{name}: present ({k.release}), reused")
         return k
+    shared = shared if shared is not None else cache / "shared"
     try:
         pkgs = resolve_kernel(name, runner)
     except SetupError:
@@ -396,43 +591,15 @@ def prepare_kernel(
         log(f"{name}: not in the apt lists; apt-get update")
         runner(["apt-get", "update", "-q"])
         pkgs = resolve_kernel(name, runner)
-    debs = cache / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    have = deb_files(pkgs, debs)
-    for p, f in have.items():
-        if f is None and shared is not None:
-            hit = deb_files(KernelPackages(name, pkgs.release, (p,)), shared)[p]
-            if hit is not None:
-                shutil.copy2(hit, debs / hit.name)
-                log(f"{name}: {hit.name} taken from {shared}")
-    have = deb_files(pkgs, debs)
-    missing = [p for p, f in have.items() if f is None]
-    if missing:
-        log(f"{name}: downloading {' '.join(missing)}")
-        fetch = download or (lambda cmd, cwd: subprocess.run(cmd, cwd=cwd, check=True))
-        try:
-            fetch(download_cmd(missing), debs)
-        except (subprocess.CalledProcessError, FileNotFoundError) as e:
-            hint = "" if is_root() else " (as root, `sudo python3 tools/build.py deps` first)"
-            raise SetupError(f"{name}: cannot download {' '.join(missing)}: {e}{hint}") from e
-        have = deb_files(pkgs, debs)
-        if shared is not None:
-            try:
-                shared.mkdir(parents=True, exist_ok=True)
-                for p in missing:
-                    f = have[p]
-                    if f is not None:
-                        shutil.copy2(f, shared / f.name)
-            except OSError as e:
-                log(f"{name}: could not keep a copy in {shared}: {e}")
-    k.root.mkdir(parents=True, exist_ok=True)
-    for p, deb in have.items():
-        if deb is None:
-            raise SetupError(f"{name}: {p} was not downloaded")
-        log(f"{name}: unpacking {deb.name}")
-        runner(unpack_cmd(deb, k.root))
-    fix_headers(k)
+    unpacked = shared / "kernels" / pkgs.release
+    if not is_complete(Kernel(name, unpacked)):
+        if unpacked.exists():
+            log(f"{name}: {unpacked} is incomplete; unpacking again")
+            shutil.rmtree(unpacked)
+        debs = fetch_debs([index_entry(p, runner) for p in pkgs.packages], shared / "debs", log, download)
+        unpacked = unpack(name, pkgs.release, debs, shared / "kernels", runner, log)
+    k = link(cache, name, unpacked)
     if not is_complete(k):
         raise SetupError(f"{name}: {k.root} is incomplete after unpacking {pkgs.packages}")
-    log(f"{name}: ready ({k.release})")
+    log(f"{name}: ready ({k.release}, {unpacked})")
     return k
