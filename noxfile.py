@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parent
 VENV_PY = REPO / ".venv" / "bin" / "python"
 PY = str(VENV_PY) if VENV_PY.exists() else sys.executable
 BUILD = [PY, str(REPO / "tools" / "build.py")]
+DURATIONS = 20  # the slowest tests of each pytest session, printed (in-guest ones too)
 
 nox.options.sessions = ["lint", "unit", "build", "vm-6.1", "vm-6.12"]
 nox.options.default_venv_backend = "none"
@@ -49,19 +50,23 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def unit(session: nox.Session) -> None:
-    """Host tests (no VM): userlib on a fake sysfs, the ABI mirror, tools/build.py."""
-    _run(session, PY, "-m", "pytest", "tests/host", "-q", "-rfE", *session.posargs)
+    """Host tests (no VM): userlib on a fake sysfs, the ABI mirror, the tools, and the
+    harness's verdicts re-judged on recorded guest output (tests/host/data/guest)."""
+    _run(session, PY, "-m", "pytest", "tests/host", "-q", "-rfE", f"--durations={DURATIONS}", *session.posargs)
 
 
 @nox.session(venv_backend="none")
 def build(session: nox.Session) -> None:
-    """wrapdrive.ko and wd_dummy.ko against both kernels, W=1, warnings are errors."""
+    """wrapdrive.ko and wd_dummy.ko against both kernels, W=1, warnings are errors; from
+    clean (--werror implies it), so a warning of an unchanged file is seen every time."""
     for k in ("6.1", "6.12"):
         _run(session, *BUILD, "build", "--kernel", k, "--werror")
 
 
 def _vm(session: nox.Session, kernel: str) -> None:
-    _run(session, PY, "-m", "pytest", "tests/qemu", "--kernel", kernel, "-rfE", "-v", *session.posargs)
+    """Extra arguments go to pytest; -k EXPR selects in-guest tests (forwarded into the guest)."""
+    _run(session, PY, "-m", "pytest", "tests/qemu", "--kernel", kernel, "-rfE", "-v", f"--durations={DURATIONS}",
+         *session.posargs)  # fmt: skip
 
 
 @nox.session(name="vm-6.1", venv_backend="none")

@@ -23,7 +23,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import guest_session  # noqa: E402
 import kernels  # noqa: E402
+import verdict  # noqa: E402
 import vm  # noqa: E402
 
 REPO = kernels.REPO
@@ -43,6 +44,11 @@ CHECKPATCH_DIR = REPO / ".cache" / "checkpatch"
 LINUX_SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 KNOWN_KERNELS = ("6.1", "6.12")
 MODULES = tuple(f"{m}.ko" for m in vm.OUR_MODULES)
+# Seconds a step may take (a module build takes 3-15 s, checkpatch 1 s, the extraction
+# of checkpatch from linux-source 15-35 s; generous for a loaded machine).
+MAKE_TIMEOUT = 900.0
+CHECKPATCH_TIMEOUT = 300.0
+TAR_TIMEOUT = 600.0
 
 # Build products never copied from kernel/ into a build folder, nor deleted from it.
 _PRODUCT = re.compile(
@@ -135,6 +141,15 @@ def checkpatch_cmds(script: Path, files: Sequence[Path], root: Path = KERNEL_SRC
     return cmds
 
 
+def module_files(src: Path = KERNEL_SRC) -> tuple[str, ...]:
+    """The .ko files a build of src must produce: ours for kernel/, else `obj-m` of its Kbuild."""
+    if src == KERNEL_SRC:
+        return MODULES
+    kbuild = src / "Kbuild" if (src / "Kbuild").exists() else src / "Makefile"
+    found = re.findall(r"^obj-m\s*\+?:?=\s*(.+)$", kbuild.read_text(), re.M)
+    return tuple(w.replace(".o", ".ko") for line in found for w in line.split())
+
+
 def checkpatch_extract_cmd(tarball: Path, dest: Path) -> list[str]:
     top = "linux-source-6.1/scripts"
     return [
@@ -187,27 +202,56 @@ def have_pahole() -> bool:
     return shutil.which("pahole") is not None
 
 
-def run_make(cmd: list[str]) -> tuple[int, str]:
+def run_tool(cmd: list[str], timeout: float, cwd: Path | None = None) -> tuple[int, str]:
+    """Run a build or lint command with its time limit; (status, stdout+stderr)."""
     log(shlex.join(cmd))
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-    sys.stdout.write(proc.stdout)
+    try:
+        rc, out, err = kernels.run_limited(cmd, timeout, cwd=cwd)
+    except kernels.SetupError as e:
+        raise SystemExit(str(e)) from e
+    text = out + err
+    sys.stdout.write(text)
     sys.stdout.flush()
-    return proc.returncode, proc.stdout
+    return rc, text
 
 
-def build(target: Target, *, jobs: int = 2, werror: bool = False, build_dir: Path | None = None) -> Path:
-    """Copy kernel/ to the target's build folder and build both modules there."""
-    if not (KERNEL_SRC / "Kbuild").exists() and not (KERNEL_SRC / "Makefile").exists():
-        raise SystemExit(f"{KERNEL_SRC} has no Kbuild/Makefile yet")
+def run_make(cmd: list[str]) -> tuple[int, str]:
+    return run_tool(cmd, MAKE_TIMEOUT)
+
+
+def make_clean(kdir: Path, out: Path) -> None:
+    """`make M=out clean`: the next make compiles everything, so each W=1 warning is
+    printed again (an up-to-date tree rebuilds nothing and shows none)."""
+    rc, _ = run_make(["make", "-C", str(kdir), f"M={out}", "clean"])
+    if rc:
+        raise SystemExit(f"make clean in {out} failed (exit {rc})")
+
+
+def build(
+    target: Target,
+    *,
+    jobs: int = 2,
+    werror: bool = False,
+    clean: bool = False,
+    build_dir: Path | None = None,
+    src: Path = KERNEL_SRC,
+) -> Path:
+    """Copy src (kernel/) to the target's build folder and build both modules there.
+    With werror (or clean) from clean: an up-to-date tree would rebuild nothing and an
+    earlier W=1 warning would never be seen again."""
+    if not (src / "Kbuild").exists() and not (src / "Makefile").exists():
+        raise SystemExit(f"{src} has no Kbuild/Makefile yet")
     out = build_dir or target.build_dir
     out.mkdir(parents=True, exist_ok=True)
-    sync_tree(KERNEL_SRC, out)
+    sync_tree(src, out)
+    if werror or clean:
+        make_clean(target.kdir, out)
     t0 = time.monotonic()
     rc, text = run_make(make_modules_cmd(target.kdir, out, jobs=jobs, btf=have_pahole()))
     log(f"{target.name}: make finished in {time.monotonic() - t0:.1f}s, exit {rc}")
     if rc:
         raise SystemExit(f"{target.name}: module build failed")
-    missing = [m for m in MODULES if not (out / m).exists()]
+    missing = [m for m in module_files(src) if not (out / m).exists()]
     if missing:
         raise SystemExit(f"{target.name}: build produced no {', '.join(missing)} in {out}")
     warnings = compiler_warnings(text)
@@ -224,7 +268,10 @@ def ensure_checkpatch() -> Path:
     if not LINUX_SOURCE_TARBALL.exists():
         raise SystemExit(f"{LINUX_SOURCE_TARBALL} missing: install linux-source-6.1 (tools/build.py deps)")
     tmp = Path(tempfile.mkdtemp(dir=REPO / ".cache"))
-    subprocess.run(checkpatch_extract_cmd(LINUX_SOURCE_TARBALL, tmp), check=True)
+    rc, _ = run_tool(checkpatch_extract_cmd(LINUX_SOURCE_TARBALL, tmp), TAR_TIMEOUT)
+    if rc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SystemExit(f"cannot extract checkpatch.pl from {LINUX_SOURCE_TARBALL} (tar exit {rc})")
     if CHECKPATCH_DIR.exists():
         shutil.rmtree(CHECKPATCH_DIR)
     tmp.rename(CHECKPATCH_DIR)
@@ -240,11 +287,9 @@ def lint(specs: Sequence[str] = ("6.1",), *, jobs: int = 2) -> int:
     script = ensure_checkpatch()
     bad = 0
     for cmd in checkpatch_cmds(script, files):
-        log(shlex.join(cmd))
         # cwd: checkpatch leaves a .checkpatch-camelcase.* cache in its cwd when in a git tree
-        proc = subprocess.run(cmd, cwd=CHECKPATCH_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        print(proc.stdout, end="")
-        bad += proc.returncode != 0
+        rc, _ = run_tool(cmd, CHECKPATCH_TIMEOUT, cwd=CHECKPATCH_DIR)
+        bad += rc != 0
     if bad:
         log("checkpatch --strict: FAILED")
         failed += 1
@@ -255,6 +300,7 @@ def lint(specs: Sequence[str] = ("6.1",), *, jobs: int = 2) -> int:
         out = BUILD_CACHE / f"{target.name}-sparse"
         out.mkdir(parents=True, exist_ok=True)
         sync_tree(KERNEL_SRC, out)
+        make_clean(target.kdir, out)  # W=1 warnings of files that did not change are shown again
         rc, text = run_make(make_modules_cmd(target.kdir, out, jobs=jobs, sparse=2, btf=have_pahole()))
         warnings = compiler_warnings(text)
         if rc or warnings:
@@ -298,7 +344,9 @@ def run(
     cpus: int = vm.DEFAULT_CPUS,
     full_dmesg: bool = False,
 ) -> int:
-    """Boot target, load the modules, run command; print the guest's dmesg; its status."""
+    """Boot target, load the modules, run command, end the session; print the guest's
+    kernel log; the command's status, or non-zero when the kernel splatted, the session's
+    end found a leak, or the guest died (verdict.run_problems)."""
     if target.image is None:
         raise SystemExit(f"{target.source_tree}: no arch/x86/boot/bzImage; build the kernel first")
     mdir = target.build_dir if load_modules else None
@@ -306,54 +354,43 @@ def run(
         raise SystemExit(f"{mdir}: modules not built; run tools/build.py build --kernel {target.name}")
     if kvm is None:
         kvm = vm.use_kvm(target.image)
-    outdir = Path(tempfile.mkdtemp(prefix=f"run-{target.name}-", dir=_vm_cache()))
-    script = outdir / "run.sh"
-    script.write_text(vm.run_script(vm.guest_setup_script(mdir, target.name), command, outdir))
-    cmd = vm.vng_command(
-        target.image,
-        exec_cmd=f"bash {shlex.quote(str(script))}",
-        kvm=kvm,
-        cpus=cpus,
-        memory_mb=memory_mb,
-        rwdirs=[vm.VM_CACHE],
-        vng=vm.find_vng(),
-    )
-    log(f"booting {target.name} ({'KVM' if kvm else 'TCG'}), timeout {timeout:.0f}s")
-    res = vm.run_vng(cmd, timeout, echo=print)
-    status_file, dmesg_file = outdir / "status", outdir / "dmesg"
-    if dmesg_file.exists():
-        lines = dmesg_file.read_text(errors="replace").splitlines()
-        shown = lines if full_dmesg else dmesg_since_script(lines)
-        print(f"----- guest dmesg ({target.name}{'' if full_dmesg else ', since the command started'}) -----")
+    guest = vm.Guest(target.name, target.image, mdir, kvm, cpus, memory_mb)
+    outdir = vm.new_outdir("run", target.name)
+    res = vm.boot(guest, command, outdir, timeout=timeout, echo=print, log=log)
+    ev = verdict.Evidence.load(outdir)
+    if ev.kmsg is not None:
+        shown = ev.kmsg.lines if full_dmesg else dmesg_since_command(ev.kmsg.lines)
+        print(f"----- guest kernel log ({target.name}{'' if full_dmesg else ', since the command started'}) -----")
         print("\n".join(shown))
-        print("----- end of guest dmesg -----")
-        splats = vm.find_splats(lines)
-        if splats:
-            log(f"WARNING: the guest's kernel log has {len(splats)} splat line(s):")
-            print("\n".join(splats))
-    if res.timed_out:
-        log(f"ERROR: guest ({target.name}) did not finish within {timeout:.0f}s; killed")
-        return 124
-    if not status_file.exists():
-        log(f"ERROR: guest ({target.name}) ended before the command finished (vng exit {res.returncode})")
-        return res.returncode or 1
-    rc = int(status_file.read_text().strip() or 1)
-    shutil.rmtree(outdir, ignore_errors=True)
-    log(f"{target.name}: command exited {rc} after {res.elapsed:.1f}s wall")
+        print("----- end of guest kernel log -----")
+    status = run_status(ev, load_modules)
+    log(f"{target.name}: command exited {ev.status if ev.status is not None else '(never finished)'}"
+        f" after {res.elapsed:.1f}s wall; exit {status}; output folder {outdir}")  # fmt: skip
+    return status
+
+
+def run_status(ev: verdict.Evidence, load_modules: bool = True) -> int:
+    """`run`'s exit status: the command's, or 1 when it passed but the guest did not (a
+    kernel splat after the modules loaded, a leak or rmmod failure at the end of the
+    session, a kernel log that could not be read), 124 on a timeout."""
+    expected = vm.STOCK_MODULES + (vm.OUR_MODULES if load_modules else ())
+    rmmod = tuple(reversed(vm.OUR_MODULES)) if load_modules else ()
+    problems = verdict.run_problems(ev, expected, rmmod)
+    for p in problems:
+        log(f"ERROR: {p}")
+    rc = ev.status if ev.status is not None else (124 if ev.boot.get("timed_out") else (ev.boot.get("returncode") or 1))
+    if problems and rc == 0:
+        log(f"FAILED: {len(problems)} problem(s) in the guest (above), although the command passed")
+        return 1
     return rc
 
 
-def dmesg_since_script(lines: list[str]) -> list[str]:
-    """The kernel log from the moment virtme-ng started our script (boot noise dropped)."""
+def dmesg_since_command(lines: list[str]) -> list[str]:
+    """The kernel log from the moment our modules were loaded (boot noise dropped)."""
     for i, ln in enumerate(lines):
-        if "virtme-ng-init: starting script" in ln:
+        if verdict.message(ln).startswith(guest_session.MARK_MODULES):
             return lines[i:]
     return lines
-
-
-def _vm_cache() -> Path:
-    vm.VM_CACHE.mkdir(parents=True, exist_ok=True)
-    return vm.VM_CACHE
 
 
 # --------------------------------------------------------------------------- CLI
@@ -378,7 +415,8 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build wrapdrive.ko and wd_dummy.ko against a kernel")
     b.add_argument("--kernel", default="6.1", help="6.1, 6.12 or PATH to a kernel source tree (default 6.1)")
     b.add_argument("--enable-missing", action="store_true", help="PATH only: enable missing Kconfig symbols")
-    b.add_argument("--werror", action="store_true", help="fail on any W=1 warning")
+    b.add_argument("--werror", action="store_true", help="build from clean and fail on any W=1 warning")
+    b.add_argument("--clean", action="store_true", help="build from clean (make clean first)")
     b.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
 
     li = sub.add_parser("lint", help="checkpatch.pl --strict and sparse (C=2) on kernel/")
@@ -428,7 +466,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 return 1
             if not (target.source_tree / "Module.symvers").exists():
                 raise SystemExit(f"{target.source_tree}: not built (no Module.symvers); build the kernel first")
-        build(target, jobs=args.jobs, werror=args.werror)
+        build(target, jobs=args.jobs, werror=args.werror, clean=args.clean)
         return 0
     if args.cmd == "lint":
         return lint(args.kernel or ["6.1"])

@@ -1,4 +1,9 @@
-"""Booting a kernel with virtme-ng: command lines, the KVM probe, the guest setup, splats.
+"""Booting a kernel with virtme-ng: command lines, the KVM probe, the guest setup, boot().
+
+boot() is the one way anything boots a guest (tools/build.py run, the VM suite, the demo):
+it returns an output folder holding the whole console (console.log), the guest's kernel
+log (kmsg-*.txt), the command's status and the session's start and end records;
+callers only judge that folder (verdict.py).
 
 The guest sees the host's filesystem read-only (virtme-ng overlays /etc, /usr, /tmp ...
 with tmpfs), so the project's venv and sources are usable inside it as they are.  Results
@@ -11,6 +16,7 @@ therefore runs vng with pipes and relays the output.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -20,13 +26,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
+
+from guest_session import MARK_MODULES
 
 REPO = Path(__file__).resolve().parent.parent
 VM_CACHE = REPO / ".cache" / "vm"
 KVM_PROBE_CACHE = REPO / ".cache" / "kvm-probe"
+VENV_BIN = REPO / ".venv" / "bin"
+GUEST_SESSION = REPO / "tools" / "guest_session.py"
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+CONSOLE_LOG = "console.log"
+BOOT_JSON = "boot.json"
+KEEP_OUTDIRS = 24
 
 # Stock modules the queue path needs, loaded before ours.
 STOCK_MODULES: tuple[str, ...] = ("vfio", "vfio_iommu_type1", "mdev")
@@ -37,37 +52,10 @@ CACHED_ROOT_TAG = "wdcachedroot"
 DEFAULT_CPUS = 2
 DEFAULT_MEMORY_MB = 2048
 DEFAULT_BOOT_TIMEOUT = 600.0
-
-# Lines of a guest's kernel log that fail a run.
-SPLAT_PATTERNS: tuple[str, ...] = (
-    r"BUG:",
-    r"WARNING:",
-    r"\bOops\b",
-    r"Call Trace",
-    r"general protection",
-    r"kernel BUG at",
-    r"Kernel panic",
-    r"KASAN",
-    r"UBSAN",
-    r"lockdep",
-    r"possible circular locking dependency",
-    r"possible recursive locking",
-    r"inconsistent lock state",
-    r"suspicious RCU usage",
-    r"refcount_t:",
-    r"list_(add|del) corruption",
-    r"soft lockup",
-    r"hard LOCKUP",
-    r"blocked for more than \d+ seconds",
-    r"rcu_(sched|preempt) detected stall",
-)
-_SPLAT = re.compile("|".join(f"(?:{p})" for p in SPLAT_PATTERNS))
-
-
-def find_splats(lines: Iterable[str]) -> list[str]:
-    """The kernel log lines that show a bug, warning, oops or lock/memory checker report."""
-    return [ln for ln in lines if _SPLAT.search(ln)]
-
+# A log buffer that holds a whole session (creating 4096 mdevs logs 4096 lines), and no
+# rate limit on the markers the harness writes through /dev/kmsg.
+KERNEL_ARGS: tuple[str, ...] = ("log_buf_len=16M", "printk.devkmsg=on")
+_KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]")
 
 # --------------------------------------------------------------------------- KVM
 
@@ -170,10 +158,15 @@ def vng_command(
     rwdirs: Sequence[Path] = (),
     cwd: Path = REPO,
     vng: str = "vng",
-    verbose: bool = False,
+    verbose: bool = True,
     cached_root: bool = True,
+    kernel_args: Sequence[str] = KERNEL_ARGS,
 ) -> list[str]:
-    """The vng command line that boots image and runs exec_cmd in the guest."""
+    """The vng command line that boots image and runs exec_cmd in the guest.
+
+    verbose: virtme-ng 1.42 in script mode otherwise boots with `quiet loglevel=0` and
+    sends the console to /dev/null, so a panic's oops never reaches the host; with it the
+    console (loglevel 7) comes out on vng's stderr, which boot() keeps in console.log."""
     cmd = [vng, "--run", str(image), "--cpus", str(cpus), "--memory", f"{memory_mb}M"]
     cmd += numa_args(memory_mb, cpus, numa_nodes)
     if numa_nodes > 1:
@@ -192,6 +185,7 @@ def vng_command(
             f"--qemu-opts=-fsdev local,id=wdcache,path=/,security_model=none,readonly=on,multidevs=remap"
             f" -device virtio-9p-pci,fsdev=wdcache,mount_tag={CACHED_ROOT_TAG}"
         )
+    cmd += [f"--append={a}" for a in kernel_args]
     cmd += ["--cwd", str(cwd)]
     if verbose:
         cmd.append("--verbose")
@@ -200,23 +194,34 @@ def vng_command(
 
 
 def find_vng() -> str:
-    """vng from the running interpreter's venv if there, else PATH."""
-    here = Path(sys.executable).parent / "vng"
-    if here.exists():
-        return str(here)
+    """vng from the running interpreter's venv, else the project's venv, else PATH."""
+    for d in (Path(sys.executable).parent, VENV_BIN):
+        if (d / "vng").exists():
+            return str(d / "vng")
     found = shutil.which("vng")
     if not found:
         raise FileNotFoundError("vng (virtme-ng) not found: run tools/bootstrap.sh")
     return found
 
 
+def tool_env(vng: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment vng runs in.  vng starts `virtme-run` (and that its helpers) by name,
+    so the folder holding vng (its venv's bin) comes first on PATH whatever the caller's
+    PATH is; then the project's venv; then the caller's PATH, or the system's."""
+    env = dict(os.environ if base is None else base)
+    first = [str(Path(vng).parent), str(VENV_BIN)]
+    rest = env.get("PATH") or SYSTEM_PATH
+    parts = list(dict.fromkeys(first + [p for p in rest.split(os.pathsep) if p]))
+    env["PATH"] = os.pathsep.join(parts)
+    return env
+
+
 def guest_env_path() -> str:
     """PATH for the guest: the venv's bin first so `python`, `pytest`, `wrapdrive` resolve."""
     bins = [str(Path(sys.executable).parent)]
-    venv = REPO / ".venv" / "bin"
-    if venv.is_dir() and str(venv) not in bins:
-        bins.append(str(venv))
-    return ":".join(bins + ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
+    if VENV_BIN.is_dir() and str(VENV_BIN) not in bins:
+        bins.append(str(VENV_BIN))
+    return ":".join(bins + ["/usr/local/sbin", "/usr/local/bin", SYSTEM_PATH])
 
 
 def python_dirs() -> list[str]:
@@ -253,29 +258,37 @@ def cached_mount_lines(dirs: Sequence[str]) -> list[str]:
 def guest_setup_script(
     module_dir: Path | None,
     kernel_name: str,
+    outdir: Path,
     *,
     path: str | None = None,
+    python: str | None = None,
     cached_dirs: Sequence[str] | None = None,
     stock: Sequence[str] = STOCK_MODULES,
     ours: Sequence[str] = OUR_MODULES,
 ) -> str:
     """Bash that prepares a guest: stock modules, our modules (and their stock
-    dependencies), debugfs, and the environment the in-guest tests rely on.
+    dependencies), debugfs, the environment the in-guest tests rely on, and the session's
+    start record (guest_session.py start).  A marker in the kernel log separates the boot
+    from what follows the loading of our modules.
 
     module_dir None boots without our modules (only `build.py run --no-modules`).
     """
     q = shlex.quote
+    py = q(python or sys.executable)
+    session = f"{py} {q(str(GUEST_SESSION))}"
     lines = [
         "set -e",
         f"export PATH={q(path or guest_env_path())}",
         f"export WD_KERNEL={q(kernel_name)}",
+        f"export WD_OUT={q(str(outdir))}",
         "export PYTHONDONTWRITEBYTECODE=1",
         "mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug",
-        'wd_die() { echo "wd-guest: $*" >&2; dmesg | tail -n 40 >&2; exit 125; }',
+        f'wd_die() {{ echo "wd-guest: $*" >&2; {session} dmesg --out "$WD_OUT" setup-failed; exit 125; }}',
     ]
     lines += cached_mount_lines(python_dirs() if cached_dirs is None else cached_dirs)
     for m in stock:
         lines.append(f"modprobe {q(m)} || wd_die 'modprobe {m} failed'")
+    lines.append(f"echo {q('<5>' + MARK_MODULES)} > /dev/kmsg || echo 'wd-guest: cannot write to /dev/kmsg' >&2")
     if module_dir is not None:
         lines.append(f"export WD_MODULE_DIR={q(str(module_dir))}")
         ours_set = " ".join(ours)
@@ -289,83 +302,213 @@ def guest_setup_script(
                 "done",
                 f"grep -q '^{m} ' /proc/modules || insmod {ko} || wd_die 'insmod {m}.ko failed'",
             ]
+    loaded = ",".join([*stock, *(ours if module_dir is not None else ())])
+    lines.append(f'{session} start --out "$WD_OUT" --modules {q(loaded)} || wd_die "session start failed"')
     lines.append("set +e")
     return "\n".join(lines) + "\n"
 
 
-def run_script(setup: str, command: Sequence[str], outdir: Path) -> str:
-    """Setup, then command; its status to outdir/status, the kernel log to outdir/dmesg."""
+def session_script(setup: str, command: Sequence[str], rmmod: Sequence[str], python: str | None = None) -> str:
+    """Setup, the command, its status into $WD_OUT/status, then the end of the session
+    (guest_session.py end: leaks, rmmod in `rmmod` order, kmemleak, the whole kernel log)."""
     q = shlex.quote
+    session = f"{q(python or sys.executable)} {q(str(GUEST_SESSION))}"
     return (
         setup
-        + "set +e\n"
         + f"{shlex.join(command)}\n"
         + "wd_rc=$?\n"
-        + f"dmesg > {q(str(outdir / 'dmesg'))} 2>&1\n"
-        + f"echo $wd_rc > {q(str(outdir / 'status'))}\n"
+        + 'echo $wd_rc > "$WD_OUT/status"; sync\n'
+        + f'{session} end --out "$WD_OUT" --rmmod {q(",".join(rmmod))}\n'
         + "exit $wd_rc\n"
     )
+
+
+# --------------------------------------------------------------------------- booting
+
+
+@dataclass(frozen=True)
+class Guest:
+    """A kernel to boot, and the machine around it."""
+
+    name: str  # 6.1, 6.12 or a tree's name: WD_KERNEL in the guest
+    image: Path
+    module_dir: Path | None  # where our .ko files are; None: boot without them
+    kvm: bool
+    cpus: int = DEFAULT_CPUS
+    memory_mb: int = DEFAULT_MEMORY_MB
+
+
+@dataclass
+class Boot:
+    """How one boot ended; what happened in it is in outdir, for verdict.py to judge."""
+
+    outdir: Path
+    returncode: int
+    elapsed: float
+    timed_out: bool = False
+    killed: str = ""  # why the host killed the guest ('' when it ended by itself)
+
+    @property
+    def console(self) -> Path:
+        return self.outdir / CONSOLE_LOG
+
+
+def new_outdir(kind: str, name: str, root: Path | None = None, keep: int = KEEP_OUTDIRS) -> Path:
+    """A fresh output folder under .cache/vm (shared read-write with guests); only the
+    newest `keep` folders of earlier boots are kept."""
+    root = VM_CACHE if root is None else root
+    root.mkdir(parents=True, exist_ok=True)
+    old = sorted((d for d in root.iterdir() if (d / "guest.sh").exists()), key=lambda d: d.stat().st_mtime)
+    for d in old[: max(0, len(old) - keep)]:
+        shutil.rmtree(d, ignore_errors=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = root / f"{kind}-{Path(name).name}-{stamp}-{os.getpid()}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    return out
+
+
+Watch = Callable[[], str | None]
+
+
+def boot(
+    guest: Guest,
+    command: Sequence[str],
+    outdir: Path,
+    *,
+    timeout: float,
+    watch: Watch | None = None,
+    echo: Callable[[str], None] | None = None,
+    log: Callable[[str], None] = print,
+    vng: str | None = None,
+) -> Boot:
+    """THE way a guest is booted: set up (modules, debugfs, environment), run command, end
+    the session (guest_session.py end), keep the whole console in outdir/console.log.
+
+    watch() is polled every few seconds; a string it returns is the reason to kill the
+    guest now (a test stuck past its limit in a guest that did not power itself off).
+    echo gets every line vng prints that is not a kernel console line."""
+    vng = vng or find_vng()
+    setup = guest_setup_script(guest.module_dir, guest.name, outdir)
+    rmmod = tuple(reversed(OUR_MODULES)) if guest.module_dir is not None else ()
+    script = outdir / "guest.sh"
+    script.write_text(session_script(setup, command, rmmod))
+    cmd = vng_command(
+        guest.image,
+        exec_cmd=f"bash {shlex.quote(str(script))}",
+        kvm=guest.kvm,
+        cpus=guest.cpus,
+        memory_mb=guest.memory_mb,
+        rwdirs=[VM_CACHE],
+        vng=vng,
+    )
+    console = outdir / CONSOLE_LOG
+    log(f"booting {guest.name} ({'KVM' if guest.kvm else 'TCG'}), limit {timeout:.0f}s; console log: {console}")
+    res = run_vng(cmd, timeout, console=console, echo=echo, watch=watch, env=tool_env(vng))
+    result = Boot(outdir, res.returncode, res.elapsed, res.timed_out, res.killed)
+    info = {"command": cmd, "returncode": res.returncode, "elapsed": round(res.elapsed, 1),
+            "timed_out": res.timed_out, "killed": res.killed, "kernel": guest.name}  # fmt: skip
+    (outdir / BOOT_JSON).write_text(json.dumps(info, indent=1))
+    return result
 
 
 # --------------------------------------------------------------------------- running
 
 
-class BootError(RuntimeError):
-    """The guest could not be booted, or did not finish in time."""
-
-
 @dataclass
-class BootResult:
+class VngResult:
     returncode: int
-    output: str
     elapsed: float
     timed_out: bool = False
+    killed: str = ""
     lines: list[str] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def is_kernel_line(line: str) -> bool:
+    """A kernel console line ('[   12.345678] ...'), as opposed to the command's output."""
+    return bool(_KERNEL_LINE.match(line))
 
 
 def run_vng(
     cmd: Sequence[str],
     timeout: float,
+    *,
+    console: Path | None = None,
     echo: Callable[[str], None] | None = None,
-) -> BootResult:
-    """Run a vng command with pipes, relaying each output line to echo; kill the whole
-    process group (vng and QEMU) when it outlives timeout."""
+    watch: Watch | None = None,
+    env: dict[str, str] | None = None,
+    poll: float = 2.0,
+) -> VngResult:
+    """Run a vng command with pipes (stdout: the command's; stderr: the console and the
+    command's stderr), every line into `console` as it comes and the non-kernel lines to
+    echo; kill the whole process group (vng and QEMU) past timeout or when watch() says."""
     start = time.monotonic()
     proc = subprocess.Popen(
         list(cmd),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,
         start_new_session=True,
         cwd=REPO,
+        env=env,
     )
     lines: list[str] = []
+    lock = threading.Lock()
+    sink = console.open("w", errors="replace") if console is not None else None
 
-    def pump() -> None:
-        assert proc.stdout is not None
-        for raw in iter(proc.stdout.readline, b""):
+    def pump(stream: IO[bytes] | None) -> None:
+        assert stream is not None
+        for raw in iter(stream.readline, b""):
             line = raw.decode(errors="replace").rstrip("\r\n")
-            lines.append(line)
-            if echo:
+            with lock:
+                lines.append(line)
+                if sink is not None:
+                    sink.write(line + "\n")
+                    sink.flush()
+            if echo and not is_kernel_line(line):
                 echo(line)
 
-    t = threading.Thread(target=pump, daemon=True)
-    t.start()
-    timed_out = False
+    pumps = [threading.Thread(target=pump, args=(s,), daemon=True) for s in (proc.stdout, proc.stderr)]
+    for t in pumps:
+        t.start()
+    timed_out, killed = False, ""
     try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill_group(proc)
+        while True:
+            left = timeout - (time.monotonic() - start)
+            if left <= 0:
+                timed_out, killed = True, f"still running after {timeout:.0f}s"
+                _kill_group(proc)
+                break
+            try:
+                proc.wait(timeout=min(poll, left))
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            reason = watch() if watch else None
+            if reason:
+                killed = reason
+                _kill_group(proc)
+                break
     except BaseException:
         _kill_group(proc)
         raise
-    t.join(timeout=10)
-    return BootResult(
+    finally:
+        for t in pumps:
+            t.join(timeout=10)
+        if sink is not None:
+            with lock:
+                if killed:
+                    sink.write(f"[wd-host] guest killed: {killed}\n")
+                sink.close()
+    return VngResult(
         returncode=proc.returncode if proc.returncode is not None else -9,
-        output="\n".join(lines),
         elapsed=time.monotonic() - start,
         timed_out=timed_out,
+        killed=killed,
         lines=lines,
     )
 

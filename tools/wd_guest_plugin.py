@@ -1,59 +1,38 @@
-"""pytest plugin loaded INSIDE a guest (`-p wd_guest_plugin`): records, per test, its
-outcome, its failure text and the kernel log lines it caused, as JSON lines the
-host-side runner (tests/qemu/conftest.py) reads back.  Standard library + pytest only."""
+"""pytest plugin loaded INSIDE a guest (`-p wd_guest_plugin`, by tools/guest_runner.py):
+records, per test, its outcome, its failure text and its time limit as JSON lines the
+host (tests/qemu/conftest.py, tools/verdict.py) reads back, and writes a marker into the
+kernel log where each test starts and ends, so the host can give each test the kernel
+lines it caused from the whole log the guest saves.  Standard library + pytest only.
+
+Time limits: --wd-test-timeout seconds per test (guest_runner enforces them from outside
+this process), or the `slow` marker's: `@pytest.mark.slow` (SLOW_TIMEOUT seconds) or
+`@pytest.mark.slow(seconds)`.  $WD_TIMEOUT_SCALE multiplies every limit (a debug kernel
+runs several times slower).
+"""
 
 from __future__ import annotations
 
 import faulthandler
 import json
 import os
+import signal
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import guest_session as gs
 import pytest
 
-
-class KmsgReader:
-    """Non-blocking reader of /dev/kmsg starting at the current end of the log."""
-
-    def __init__(self, path: str = "/dev/kmsg") -> None:
-        self.fd: int | None
-        try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-            os.lseek(self.fd, 0, os.SEEK_END)
-        except OSError:
-            self.fd = None
-
-    def drain(self) -> list[str]:
-        out: list[str] = []
-        if self.fd is None:
-            return out
-        while True:
-            try:
-                rec = os.read(self.fd, 8192)
-            except BlockingIOError:
-                break
-            except BrokenPipeError:  # records overwritten before we read them
-                out.append("[wd] kmsg: some records were lost (ring buffer wrapped)")
-                continue
-            except OSError:
-                break
-            if not rec:
-                break
-            out.append(format_record(rec.decode(errors="replace")))
-        return out
+SLOW_TIMEOUT = 600.0
 
 
-def format_record(rec: str) -> str:
-    """'6,1234,5678901,-;text\\n KEY=v' -> '[    5.678901] text'."""
-    head, _, rest = rec.partition(";")
-    text = rest.split("\n", 1)[0]
-    parts = head.split(",")
-    try:
-        usec = int(parts[2])
-        return f"[{usec // 1_000_000:5d}.{usec % 1_000_000:06d}] {text}"
-    except (IndexError, ValueError):
-        return text
+def test_timeout(item: pytest.Item, default: float, scale: float = 1.0) -> float:
+    """The limit of one test: its `slow` marker's, else the default; 0 means none."""
+    marker = item.get_closest_marker("slow")
+    limit = default
+    if marker is not None:
+        limit = float(marker.args[0]) if marker.args else float(marker.kwargs.get("seconds", SLOW_TIMEOUT))
+    return limit * scale
 
 
 def started_nodeids(report: Path) -> set[str]:
@@ -70,50 +49,50 @@ def started_nodeids(report: Path) -> set[str]:
 
 
 def _new(nodeid: str) -> dict[str, Any]:
-    return {"nodeid": nodeid, "outcome": "passed", "longrepr": "", "kmsg": [], "duration": 0.0}
+    return {"nodeid": nodeid, "outcome": "passed", "longrepr": "", "duration": 0.0}
 
 
 class Recorder:
-    """Appends one JSON line per event to the report, flushed at once, so the host learns
-    which test was running even when the guest dies in the middle of it."""
+    """Appends one JSON line per event to the report, flushed and synced at once, so the
+    host learns which test was running even when the guest dies in the middle of it."""
 
-    def __init__(self, report: Path, test_timeout: float, rootpath: Path) -> None:
-        self.rootpath = rootpath
-        self.report = report.open("a", buffering=1)
-        self.kmsg = KmsgReader()
+    def __init__(self, report: Path, test_timeout: float, scale: float) -> None:
+        self.report: IO[str] = report.open("a", buffering=1)
         self.tests: dict[str, dict[str, Any]] = {}
-        self.outside: list[str] = []
+        self.limits: dict[str, float] = {}
         self.test_timeout = test_timeout
-        # pytest captures fd 2 during a test, so a hang's stack dump goes to its own file
-        self.hang_dump = (report.parent / "hang-traceback.txt").open("a")
+        self.scale = scale
+        # guest_runner sends SIGUSR1 to a test past its limit: every thread's stack, here
+        self.hang_dump: IO[str] = (report.parent / "hang-traceback.txt").open("a")
+        faulthandler.register(signal.SIGUSR1, file=self.hang_dump, all_threads=True)
 
     def emit(self, **rec: Any) -> None:
-        if "nodeid" in rec:  # the file as an absolute path: nodeids are relative to rootdir
-            rec["path"] = str((self.rootpath / rec["nodeid"].split("::", 1)[0]).resolve())
         self.report.write(json.dumps(rec) + "\n")
         self.report.flush()
         os.fsync(self.report.fileno())
 
+    def mark(self, text: str) -> str:
+        """The marker into the kernel log; '' or why not (then the host finds no window
+        for the test in the log and fails it: a splat must not pass unseen)."""
+        return gs.mark(text)
+
     @pytest.hookimpl
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        """On a restart after a hung test ended the process: skip what already started."""
+        """Limits per test; on a restart after a crash, skip what already started."""
         done = started_nodeids(Path(config.getoption("--wd-report")))
         if done:
-            keep = [i for i in items if i.nodeid not in done]
             config.hook.pytest_deselected(items=[i for i in items if i.nodeid in done])
-            items[:] = keep
+            items[:] = [i for i in items if i.nodeid not in done]
+        self.limits = {i.nodeid: test_timeout(i, self.test_timeout, self.scale) for i in items}
 
     @pytest.hookimpl
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
-        self.outside += self.kmsg.drain()
         self.tests[nodeid] = _new(nodeid)
-        self.emit(event="start", nodeid=nodeid)
-        if self.test_timeout > 0:
-            # a hung test: dump every thread's stack and end the process (the host then
-            # reports this test as hung, with the dump in the output)
-            self.hang_dump.write(f"--- {nodeid} did not finish within {self.test_timeout:.0f}s ---\n")
-            self.hang_dump.flush()
-            faulthandler.dump_traceback_later(self.test_timeout, exit=True, file=self.hang_dump)
+        err = self.mark(f"{gs.MARK_TEST_START}{nodeid}")
+        limit = self.limits.get(nodeid, self.test_timeout * self.scale)
+        self.hang_dump.write(f"--- {nodeid} (limit {limit:.0f}s) ---\n")
+        self.hang_dump.flush()
+        self.emit(event="start", nodeid=nodeid, timeout=limit, t=time.monotonic(), mark_error=err)
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -130,32 +109,34 @@ class Recorder:
 
     @pytest.hookimpl
     def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
-        faulthandler.cancel_dump_traceback_later()
         t = self.tests.pop(nodeid, _new(nodeid))
-        t["kmsg"] += self.kmsg.drain()
+        t["mark_error"] = self.mark(f"{gs.MARK_TEST_END}{nodeid}")
         self.emit(event="result", **t)
 
     @pytest.hookimpl
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
             t = _new(f"{report.nodeid}::<collect>")
-            t.update(outcome="error", longrepr=report.longreprtext, kmsg=self.kmsg.drain())
+            t.update(outcome="error", longrepr=report.longreprtext)
             self.emit(event="result", **t)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        self.outside += self.kmsg.drain()
-        self.emit(event="session", exitstatus=int(exitstatus), kmsg=self.outside)
+        self.emit(event="session", exitstatus=int(exitstatus))
         self.report.close()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--wd-report", default=None, help="append per-test results + kernel log (JSON lines) here")
-    parser.addoption("--wd-test-timeout", type=float, default=0.0, help="end the run when one test takes longer")
+    parser.addoption("--wd-report", default=None, help="append per-test results (JSON lines) here")
+    parser.addoption("--wd-test-timeout", type=float, default=0.0, help="seconds per test unless marked slow")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"slow(seconds={SLOW_TIMEOUT:.0f}): a known-slow test; its time limit instead of the default"
+    )
     path = config.getoption("--wd-report")
     if path:
         timeout = float(config.getoption("--wd-test-timeout"))
-        config.pluginmanager.register(Recorder(Path(path), timeout, Path(config.rootpath)), "wd-recorder")
+        scale = float(os.environ.get("WD_TIMEOUT_SCALE", "1") or 1)
+        config.pluginmanager.register(Recorder(Path(path), timeout, scale), "wd-recorder")

@@ -1,77 +1,202 @@
-"""The in-guest half of the VM suite (tools/guest_runner.py + tools/wd_guest_plugin.py),
-run here on the host on throw-away test files: per-test records, a hung test killed with
-its stack dumped and the run restarted for the tests after it."""
+"""The in-guest half of the VM suite (tools/guest_runner.py, tools/wd_guest_plugin.py,
+tests/qemu/guest/conftest.py), run here on the host on throw-away test files, with a
+plain file standing in for /dev/kmsg ($WD_KMSG) and temporary folders for sysfs and
+debugfs: per-test records and kernel-log markers, a crashed pytest restarted without
+losing its log, a hung test stopped from outside with its stack dumped, the `slow`
+marker, -k forwarded, the host conftest never loaded, leaks named between files."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = REPO / "tools"
 sys.path.insert(0, str(TOOLS))
 
-import guest_runner  # noqa: E402
-import wd_guest_plugin  # noqa: E402
+import guest_session  # noqa: E402
+import verdict  # noqa: E402
+
+GUEST_CONFTEST = REPO / "tests" / "qemu" / "guest" / "conftest.py"
 
 
-def test_format_record() -> None:
-    assert wd_guest_plugin.format_record("4,812,5678901,-;WARNING: x\n SUBSYSTEM=y\n") == "[    5.678901] WARNING: x"
-    assert wd_guest_plugin.format_record("garbage") == ""
+def run_runner(tmp_path: Path, files: list[Path], *extra: str, env: dict[str, str] | None = None) -> Path:
+    out = tmp_path / "out"
+    kmsg = tmp_path / "kmsg"
+    if not kmsg.exists():
+        kmsg.write_text("6,0,100,-;Linux version 6.1.0-fake\n5,1,200,-;wd-harness: loading modules\n")
+    run_env = dict(os.environ, WD_KMSG=str(kmsg), WD_SYSFS=str(tmp_path / "sys"), WD_DEBUGFS=str(tmp_path / "dbg"))
+    run_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, str(TOOLS / "guest_runner.py"), "--host-test", "--out", str(out), "--timeout", "120",
+         *extra, *map(str, files)],
+        capture_output=True, text=True, timeout=240, check=False, env=run_env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
 
 
-def test_pytest_cmd_loads_the_plugin() -> None:
-    cmd = guest_runner.pytest_cmd("/py", ["a.py", "b.py"], Path("/o/r.jsonl"), 30.0)
-    assert cmd[:3] == ["/py", "-m", "pytest"]
-    assert "wd_guest_plugin" in cmd and "no:cacheprovider" in cmd
-    assert "--wd-report=/o/r.jsonl" in cmd and "--wd-test-timeout=30.0" in cmd
-    assert cmd[-2:] == ["a.py", "b.py"]
+def records(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in (out / "report.jsonl").read_text().splitlines()]
 
 
-def test_runner_records_results_and_survives_a_hang(tmp_path: Path) -> None:
-    tests = tmp_path / "t"
-    tests.mkdir()
-    (tests / "test_a.py").write_text(
-        "import time\n"
+def results(out: Path) -> dict[str, dict[str, Any]]:
+    return {r["nodeid"].split("::")[-1]: r for r in records(out) if r["event"] == "result"}
+
+
+def test_records_results_and_marks_each_test_in_the_kernel_log(tmp_path: Path) -> None:
+    t = tmp_path / "t"
+    t.mkdir()
+    (t / "test_a.py").write_text(
+        "import os\n"
         "def test_ok():\n    pass\n"
         "def test_bad():\n    assert 1 == 2, 'deliberate'\n"
-        "def test_hangs():\n    time.sleep(60)\n"
-        "def test_after_hang():\n    pass\n"
+        "def test_warns():\n"
+        "    with open(os.environ['WD_KMSG'], 'a') as f:\n"
+        "        f.write('4,99,5000,-;WARNING: CPU: 0 PID: 1 at fake.c:1 f+0x1/0x2\\n')\n"
     )
-    (tests / "test_b.py").write_text("import pytest\ndef test_skip():\n    pytest.skip('not here')\n")
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(TOOLS / "guest_runner.py"),
-            "--out",
-            str(out),
-            "--test-timeout",
-            "3",
-            "--timeout",
-            "120",
-            str(tests / "test_a.py"),
-            str(tests / "test_b.py"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    (t / "test_b.py").write_text("import pytest\ndef test_skip():\n    pytest.skip('not here')\n")
+    out = run_runner(tmp_path, [t / "test_a.py", t / "test_b.py"])
+    r = results(out)
+    assert r["test_ok"]["outcome"] == "passed"
+    assert r["test_bad"]["outcome"] == "failed" and "deliberate" in r["test_bad"]["longrepr"]
+    assert r["test_skip"]["outcome"] == "skipped"
+    assert r["test_ok"]["nodeid"] == "test_a.py::test_ok"  # relative to the guest tests' folder
+    ev = verdict.Evidence.load(out)
+    assert verdict.test_problems(ev, "test_a.py::test_ok") == []
+    assert "WARNING: CPU: 0" in "\n".join(verdict.test_problems(ev, "test_a.py::test_warns"))
+    assert (out / "kmsg-pytest-1.txt").exists()
+
+
+def test_a_crashed_pytest_is_restarted_and_its_kernel_log_kept(tmp_path: Path) -> None:
+    t = tmp_path / "t"
+    t.mkdir()
+    (t / "test_a.py").write_text(
+        "import os, signal\n"
+        "def test_before():\n    pass\n"
+        "def test_dies():\n"
+        "    with open(os.environ['WD_KMSG'], 'a') as f:\n"
+        "        f.write('4,99,5000,-;BUG: unable to handle page fault for address: 0\\n')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "def test_after():\n    pass\n"
     )
-    assert proc.returncode == 0, proc.stderr
-    records = [json.loads(ln) for ln in (out / "report.jsonl").read_text().splitlines()]
-    results = {r["nodeid"].split("::")[-1]: r for r in records if r["event"] == "result"}
-    started = [r["nodeid"].split("::")[-1] for r in records if r["event"] == "start"]
-    assert results["test_ok"]["outcome"] == "passed"
-    assert results["test_bad"]["outcome"] == "failed" and "deliberate" in results["test_bad"]["longrepr"]
-    assert "test_hangs" in started and "test_hangs" not in results  # killed: no result
-    assert results["test_after_hang"]["outcome"] == "passed"  # the restart ran the rest
-    assert results["test_skip"]["outcome"] == "skipped"
-    assert started.count("test_ok") == 1, "a restart does not rerun what already ran"
-    assert Path(results["test_ok"]["path"]) == (tests / "test_a.py").resolve()
-    assert records[-1]["event"] == "session"
-    info = json.loads((out / "pytest.json").read_text())
-    assert info["runs"] == 2
-    assert "test_hangs" in (out / "hang-traceback.txt").read_text()
-    assert json.loads((out / "preamble.json").read_text())["modules"] is not None
+    out = run_runner(tmp_path, [t / "test_a.py"])
+    r = results(out)
+    assert set(r) == {"test_before", "test_after"}
+    started = [x["nodeid"] for x in records(out) if x["event"] == "start"]
+    assert started.count("test_a.py::test_before") == 1, "a restart does not rerun what already ran"
+    info = json.loads((out / "runner.json").read_text())
+    assert [x["returncode"] for x in info["runs"]] == [-9, 0]
+    ev = verdict.Evidence.load(out)
+    assert "BUG: unable to handle" in "\n".join(verdict.test_problems(ev, "test_a.py::test_dies"))
+
+
+def test_a_hung_test_is_stopped_from_outside_with_its_stack(tmp_path: Path) -> None:
+    t = tmp_path / "t"
+    t.mkdir()
+    (t / "test_h.py").write_text(
+        "import time, pytest\n"
+        "@pytest.mark.slow(30)\n"
+        "def test_slow_but_marked():\n    time.sleep(3)\n"
+        "def test_hangs():\n    time.sleep(600)\n"
+        "def test_never():\n    pass\n"
+    )
+    out = run_runner(tmp_path, [t / "test_h.py"], "--test-timeout", "2")
+    r = results(out)
+    assert r["test_slow_but_marked"]["outcome"] == "passed"  # 3 s, within its marker's 30 s
+    info = json.loads((out / "runner.json").read_text())
+    assert info["timeout"]["nodeid"] == "test_h.py::test_hangs" and info["timeout"]["limit"] == 2.0
+    assert "test_hangs" not in r and "test_never" not in r
+    dump = (out / "hang-traceback.txt").read_text()
+    # the stack itself, not just the header line naming the test
+    assert 'test_h.py", line 6 in test_hangs' in dump
+    assert (out / "kmsg-timeout.txt").exists()
+
+
+def test_timeout_scale_stretches_every_limit(tmp_path: Path) -> None:
+    t = tmp_path / "t"
+    t.mkdir()
+    (t / "test_s.py").write_text("import time\ndef test_three_seconds():\n    time.sleep(3)\n")
+    out = run_runner(tmp_path, [t / "test_s.py"], "--test-timeout", "2", env={"WD_TIMEOUT_SCALE": "5"})
+    assert results(out)["test_three_seconds"]["outcome"] == "passed"
+    start = next(x for x in records(out) if x["event"] == "start")
+    assert start["timeout"] == 10.0
+
+
+def test_keyword_selects_in_guest_tests(tmp_path: Path) -> None:
+    t = tmp_path / "t"
+    t.mkdir()
+    (t / "test_k.py").write_text("def test_alpha():\n    pass\ndef test_beta():\n    pass\n")
+    out = run_runner(tmp_path, [t / "test_k.py"], "-k", "beta")
+    assert set(results(out)) == {"test_beta"}
+
+
+def test_host_conftest_is_not_loaded_but_the_guest_one_is(tmp_path: Path) -> None:
+    """The in-guest pytest stops looking for conftests at the guest tests' folder."""
+    (tmp_path / "conftest.py").write_text("raise RuntimeError('the host conftest was loaded in the guest')\n")
+    t = tmp_path / "guest"
+    t.mkdir()
+    (t / "conftest.py").write_text("import pytest\n@pytest.fixture\ndef from_guest_conftest():\n    return 7\n")
+    (t / "test_c.py").write_text("def test_uses_guest_fixture(from_guest_conftest):\n    assert from_guest_conftest\n")
+    out = run_runner(tmp_path, [t / "test_c.py"])
+    assert results(out)["test_uses_guest_fixture"]["outcome"] == "passed"
+
+
+def test_guest_conftest_names_what_a_file_leaves_behind(tmp_path: Path) -> None:
+    """The real tests/qemu/guest/conftest.py, on fake sysfs/debugfs folders."""
+    t = tmp_path / "guest"
+    t.mkdir()
+    (t / "conftest.py").write_text(GUEST_CONFTEST.read_text())
+    devices = tmp_path / "sys" / "bus" / "mdev" / "devices"
+    devices.mkdir(parents=True)
+    pinned = tmp_path / "dbg" / "wrapdrive" / "pinned_pages"
+    pinned.parent.mkdir(parents=True)
+    pinned.write_text("0\n")
+    (t / "test_1leaky.py").write_text(
+        "import os, pathlib\n"
+        "def test_leaks():\n"
+        f"    pathlib.Path({str(devices)!r}, 'uuid-1').mkdir()\n"
+        f"    pathlib.Path({str(pinned)!r}).write_text('3\\n')\n"
+    )
+    (t / "test_2clean.py").write_text("def test_clean():\n    pass\n")
+    out = run_runner(tmp_path, [t / "test_1leaky.py", t / "test_2clean.py"])
+    r = results(out)
+    assert r["test_leaks"]["outcome"] == "error"
+    assert "test_1leaky left behind: 1 mdev(s) left: uuid-1; pinned pages 0 -> 3" in r["test_leaks"]["longrepr"]
+    assert r["test_clean"]["outcome"] == "passed", "only what a file added is its leak"
+
+
+def test_unwritable_kernel_log_leaves_tests_without_evidence(tmp_path: Path) -> None:
+    t = tmp_path / "t"
+    t.mkdir()
+    (t / "test_u.py").write_text("def test_passes():\n    pass\n")
+    (tmp_path / "kmsg").mkdir()  # neither readable as a log nor writable: like a missing /dev/kmsg
+    out = run_runner(tmp_path, [t / "test_u.py"])
+    assert results(out)["test_passes"]["outcome"] == "passed"
+    ev = verdict.Evidence.load(out)
+    assert "no kernel log for this test" in "\n".join(verdict.test_problems(ev, "test_u.py::test_passes"))
+
+
+def test_read_kmsg_formats_records_and_keeps_sequence_numbers(tmp_path: Path) -> None:
+    f = tmp_path / "kmsg"
+    f.write_text("6,0,1000000,-;Linux version 6.1\n4,1,5678901,-;WARNING: x\n SUBSYSTEM=y\n")
+    recs, err = guest_session.read_kmsg(str(f))
+    assert err == "" and recs == [(0, "[    1.000000] Linux version 6.1"), (1, "[    5.678901] WARNING: x")]
+    assert guest_session.format_record("garbage") is None
+
+
+@pytest.mark.parametrize("state", ["1", "0", None])
+def test_debug_locks_read_from_lockdep_stats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str | None
+) -> None:
+    stats = tmp_path / "lockdep_stats"
+    if state is not None:
+        stats.write_text(f" lock-classes:                         1718 [max: 8192]\n debug_locks:  {state}\n")
+    monkeypatch.setattr(guest_session, "LOCKDEP_STATS", stats)
+    assert guest_session.debug_locks() == state

@@ -1,17 +1,22 @@
-"""Host tests of tools/build.py and its helpers: command lines, package resolution, the
-headers fix, the KVM probe fallback, the guest script, splat detection.  Nothing here
-builds, downloads or boots."""
+"""Host tests of tools/build.py and its helpers: package resolution, the deb cache and the
+shared unpacked kernels, time limits, the headers fix, the KVM probe fallback, the guest
+script, the environment vng runs in, a real module build from clean.  Nothing here
+downloads or boots; apt, dpkg and vng are stand-ins where named."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = REPO / "tools"
 sys.path.insert(0, str(TOOLS))
 
 import build  # noqa: E402
@@ -19,25 +24,6 @@ import kernels  # noqa: E402
 import vm  # noqa: E402
 
 # --------------------------------------------------------------------------- make / lint command lines
-
-
-def test_make_modules_cmd_w1_and_out_of_tree(tmp_path: Path) -> None:
-    cmd = build.make_modules_cmd(Path("/k"), tmp_path / "b", jobs=3)
-    assert cmd == ["make", "-C", "/k", f"M={tmp_path / 'b'}", "-j3", "W=1", "modules"]
-
-
-def test_make_modules_cmd_sparse_and_no_btf() -> None:
-    cmd = build.make_modules_cmd(Path("/k"), Path("/m"), sparse=2, btf=False)
-    assert "C=2" in cmd and "CONFIG_DEBUG_INFO_BTF_MODULES=" in cmd
-    assert cmd[-1] == "modules"
-
-
-def test_checkpatch_cmd_is_strict_and_treeless() -> None:
-    cmd = build.checkpatch_cmd(Path("/c/checkpatch.pl"), [Path("a.c"), Path("b.h")])
-    assert cmd[:2] == ["perl", "/c/checkpatch.pl"]
-    assert "--strict" in cmd and "--no-tree" in cmd
-    assert "--ignore=CAMELCASE" in cmd
-    assert cmd[-3:] == ["-f", "a.c", "b.h"]
 
 
 def test_checkpatch_uapi_headers_may_not_use_bit() -> None:
@@ -48,13 +34,6 @@ def test_checkpatch_uapi_headers_may_not_use_bit() -> None:
     assert "--ignore=CAMELCASE" in rest
     assert uapi[-1] == str(root / "uapi" / "wrapdrive.h")
     assert "--ignore=CAMELCASE,BIT_MACRO" in uapi
-
-
-def test_checkpatch_extract_takes_the_three_files() -> None:
-    cmd = build.checkpatch_extract_cmd(Path("/usr/src/linux-source-6.1.tar.xz"), Path("/d"))
-    assert cmd[:4] == ["tar", "-xJf", "/usr/src/linux-source-6.1.tar.xz", "-C"]
-    names = [Path(c).name for c in cmd[-3:]]
-    assert names == ["checkpatch.pl", "spelling.txt", "const_structs.checkpatch"]
 
 
 def test_compiler_warnings() -> None:
@@ -243,17 +222,6 @@ def test_missing_packages_uses_dpkg_status() -> None:
 # --------------------------------------------------------------------------- unpacked kernel layout
 
 
-def fake_kernel(root: Path, release: str = "6.1.0-56-amd64") -> None:
-    (root / "boot").mkdir(parents=True)
-    (root / "boot" / f"vmlinuz-{release}").write_bytes(b"MZ")
-    (root / "lib/modules" / release).mkdir(parents=True)
-    kdir = root / "usr/src" / f"linux-headers-{release}"
-    kdir.mkdir(parents=True)
-    (kdir / ".config").write_text("CONFIG_VFIO=m\n")
-    common = release.replace("-amd64", "-common")
-    (kdir / "Makefile").write_text(f"include /usr/src/linux-headers-{common}/Makefile\n# more\n")
-
-
 def test_fixed_makefile_points_into_the_cache(tmp_path: Path) -> None:
     text = "include /usr/src/linux-headers-6.1.0-56-common/Makefile\nX := 1\n"
     assert kernels.fixed_makefile(text, tmp_path) == (
@@ -263,87 +231,6 @@ def test_fixed_makefile_points_into_the_cache(tmp_path: Path) -> None:
     once = kernels.fixed_makefile(text, tmp_path / "a")
     assert kernels.fixed_makefile(once, tmp_path / "a") == once
     assert str(tmp_path / "b") in kernels.fixed_makefile(once, tmp_path / "b")
-
-
-def test_prepare_kernel_reuses_a_complete_tree(tmp_path: Path) -> None:
-    fake_kernel(tmp_path / "6.1")
-
-    def no_apt(cmd: Sequence[str]) -> str:
-        raise AssertionError(f"nothing should be fetched: {cmd}")
-
-    k = kernels.prepare_kernel("6.1", cache=tmp_path, runner=no_apt, log=lambda m: None, shared=None)
-    assert k.release == "6.1.0-56-amd64"
-    assert k.image == tmp_path / "6.1/boot/vmlinuz-6.1.0-56-amd64"
-    assert k.kdir == tmp_path / "6.1/usr/src/linux-headers-6.1.0-56-amd64"
-    first = (k.kdir / "Makefile").read_text().splitlines()[0]
-    assert first == f"include {(tmp_path / '6.1').resolve()}/usr/src/linux-headers-6.1.0-56-common/Makefile"
-
-
-def test_prepare_kernel_unpacks_debs_already_downloaded(tmp_path: Path) -> None:
-    debs = tmp_path / "debs"
-    debs.mkdir()
-    pkgs = ("linux-image-6.1.0-56-amd64", "linux-headers-6.1.0-56-amd64")
-    for p in pkgs:
-        (debs / f"{p}_6.1.192-2_amd64.deb").write_bytes(b"!<arch>")
-    unpacked: list[str] = []
-
-    def runner(cmd: Sequence[str]) -> str:
-        if cmd[:2] == ["apt-cache", "depends"] and cmd[2] == "linux-image-amd64":
-            return APT_DEPENDS_META
-        if cmd[:2] == ["apt-cache", "depends"]:
-            return "x\n  Depends: linux-base\n"
-        if cmd[0] == "dpkg":
-            unpacked.append(Path(cmd[2]).name)
-            if "linux-image" in cmd[2]:  # what dpkg -x would lay out
-                fake_kernel(Path(cmd[3]))
-            return ""
-        raise AssertionError(cmd)
-
-    k = kernels.prepare_kernel(
-        "6.1", cache=tmp_path, runner=runner, log=lambda m: None, shared=None, download=lambda c, d: 1 / 0
-    )
-    assert sorted(unpacked) == sorted(f"{p}_6.1.192-2_amd64.deb" for p in pkgs)
-    assert kernels.is_complete(k)
-
-
-def test_prepare_kernel_takes_debs_from_the_shared_cache(tmp_path: Path) -> None:
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    (shared / "linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb").write_bytes(b"!<arch>")
-    downloads: list[list[str]] = []
-
-    def download(cmd: list[str], cwd: Path) -> None:
-        downloads.append(cmd)
-        for p in cmd[2:]:
-            (cwd / f"{p}_6.1.192-2_amd64.deb").write_bytes(b"!<arch>")
-
-    def runner(cmd: Sequence[str]) -> str:
-        if cmd[:3] == ["apt-cache", "depends", "linux-image-amd64"]:
-            return APT_DEPENDS_META
-        if cmd[:2] == ["apt-cache", "depends"]:
-            return "x\n  Depends: linux-base\n"
-        if cmd[0] == "dpkg":
-            if "linux-image" in cmd[2]:
-                fake_kernel(Path(cmd[3]))
-            return ""
-        raise AssertionError(cmd)
-
-    cache = tmp_path / "cache"
-    kernels.prepare_kernel("6.1", cache=cache, runner=runner, log=lambda m: None, shared=shared, download=download)
-    assert (cache / "debs" / "linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb").exists()
-    # only what the shared cache lacked was downloaded, and it is kept there for next time
-    assert downloads == [["apt-get", "download", "linux-headers-6.1.0-56-amd64"]]
-    assert (shared / "linux-headers-6.1.0-56-amd64_6.1.192-2_amd64.deb").exists()
-
-
-def test_download_and_unpack_cmds(tmp_path: Path) -> None:
-    assert kernels.download_cmd(["a", "b"]) == ["apt-get", "download", "a", "b"]
-    assert kernels.unpack_cmd(tmp_path / "x.deb", tmp_path / "k") == [
-        "dpkg",
-        "-x",
-        str(tmp_path / "x.deb"),
-        str(tmp_path / "k"),
-    ]
 
 
 def test_ensure_backports_non_root_says_sudo(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -392,20 +279,6 @@ def test_vng_command_tcg() -> None:
     assert any(c.startswith("--qemu-opts=-fsdev local,id=wdcache,path=/") for c in cmd)
 
 
-def test_vng_command_kvm_has_no_disable_flag() -> None:
-    cmd = vm.vng_command(Path("/k"), exec_cmd="true", kvm=True, cached_root=False)
-    assert "--disable-kvm" not in cmd
-    assert not any("wdcache" in c for c in cmd)
-
-
-def test_kvm_probe_cmd() -> None:
-    cmd = vm.kvm_probe_cmd(Path("/k/vmlinuz"))
-    assert cmd[0] == "qemu-system-x86_64"
-    assert cmd[cmd.index("-accel") + 1] == "kvm"
-    assert "-no-reboot" in cmd and "/k/vmlinuz" in cmd
-    assert "panic=-1" in cmd[cmd.index("-append") + 1]
-
-
 def test_probe_kvm_verdicts(tmp_path: Path) -> None:
     dev = tmp_path / "kvm"
     dev.write_text("")
@@ -449,57 +322,326 @@ def test_use_kvm_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert vm.use_kvm(Path("/k"), probe=never, cache=tmp_path / "c") is True
 
 
-def test_guest_setup_script_loads_in_order() -> None:
-    s = vm.guest_setup_script(Path("/b/6.1"), "6.1", path="/v/bin:/usr/bin", cached_dirs=["/py"])
-    order = [
-        s.index(x)
-        for x in (
-            "modprobe vfio ",
-            "modprobe vfio_iommu_type1",
-            "modprobe mdev",
-            "insmod /b/6.1/wrapdrive.ko",
-            "insmod /b/6.1/wd_dummy.ko",
-        )
-    ]
-    assert order == sorted(order)
-    assert "export WD_MODULE_DIR=/b/6.1" in s and "export WD_KERNEL=6.1" in s
-    assert "mount -t debugfs" in s
-    assert "mount --bind /run/wdcache/py /py" in s
-    # bash accepts it
-    subprocess.run(["bash", "-n"], input=s, text=True, check=True)
-
-
-def test_guest_setup_script_without_modules() -> None:
-    s = vm.guest_setup_script(None, "6.12", path="/usr/bin", cached_dirs=[])
-    assert "insmod" not in s and "WD_MODULE_DIR" not in s
-    assert "modprobe mdev" in s
-
-
-def test_run_script_records_status_and_dmesg(tmp_path: Path) -> None:
-    s = vm.run_script("set -e\n", ["sh", "-c", "exit 7"], tmp_path)
-    proc = subprocess.run(["bash", "-c", s.replace("dmesg >", "echo fake-dmesg >")], check=False)
-    assert proc.returncode == 7
-    assert (tmp_path / "status").read_text().strip() == "7"
-
-
 def test_run_vng_times_out_and_kills_the_group() -> None:
     res = vm.run_vng(["sh", "-c", "echo started; sleep 30 & sleep 30"], timeout=1.0)
     assert res.timed_out and "started" in res.output
     assert res.elapsed < 15
 
 
-def test_find_splats() -> None:
-    log = [
-        "[    1.0] wd_dummy wd_dummy.0: MDEV: Registered",
-        "[    2.0] WARNING: CPU: 1 PID: 9 at drivers/x.c:1 f+0x1/0x2",
-        "[    2.1] Call Trace:",
-        "[    3.0] BUG: KASAN: use-after-free in wd_recv",
-        "[    4.0] general protection fault, probably for non-canonical address",
-        "[    5.0] ======================================================\n",
-        "[    5.1] WARNING: possible circular locking dependency detected",
-        "[    6.0] Oops: 0000 [#1] PREEMPT SMP",
-        "[    7.0] ordinary line mentioning a bug fix",
+def test_run_vng_keeps_both_streams_and_echoes_only_the_commands_output(tmp_path: Path) -> None:
+    shown: list[str] = []
+    console = tmp_path / "console.log"
+    cmd = ["sh", "-c", "echo out; echo '[    1.000000] kernel line' >&2; echo err >&2"]
+    res = vm.run_vng(cmd, timeout=10, console=console, echo=shown.append)
+    assert res.returncode == 0
+    assert sorted(console.read_text().splitlines()) == ["[    1.000000] kernel line", "err", "out"]
+    assert sorted(shown) == ["err", "out"]
+
+
+def test_run_vng_kills_when_the_watch_says_so(tmp_path: Path) -> None:
+    calls = []
+
+    def watch() -> str | None:
+        calls.append(1)
+        return "a test is stuck" if len(calls) >= 2 else None
+
+    res = vm.run_vng(["sleep", "60"], timeout=60, console=tmp_path / "c", watch=watch, poll=0.2)
+    assert res.killed == "a test is stuck" and not res.timed_out and res.elapsed < 10
+    assert "[wd-host] guest killed: a test is stuck" in (tmp_path / "c").read_text()
+
+
+
+
+# --------------------------------------------------------------------------- the environment of a boot
+
+FAKE_VNG = """#!/bin/sh
+# like virtme-ng's vng: starts virtme-run BY NAME through a shell
+exec /bin/sh -c 'virtme-run "$@"' sh "$@"
+"""
+FAKE_VIRTME_RUN = """#!/bin/sh
+echo "virtme-run started"
+exit 0
+"""
+
+
+def test_boot_gives_vng_its_venv_bin_first_whatever_the_callers_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bug of a fresh machine: vng ran from .venv/bin, but virtme-run (beside it) was
+    not on the PATH vng's shell saw: `/bin/sh: 1: virtme-run: not found`, exit 127."""
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name, text in (("vng", FAKE_VNG), ("virtme-run", FAKE_VIRTME_RUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")  # CI's clean environment
+    monkeypatch.setattr(vm, "VM_CACHE", tmp_path / "vm")
+    guest = vm.Guest("6.1", tmp_path / "vmlinuz", None, kvm=False)
+    out = vm.new_outdir("run", "6.1")
+    res = vm.boot(guest, ["true"], out, timeout=30, vng=str(bin_dir / "vng"), log=lambda m: None)
+    assert res.returncode == 0, res.console.read_text()
+    assert "virtme-run started" in res.console.read_text()
+    env = vm.tool_env(str(bin_dir / "vng"), {"PATH": "/usr/bin:/bin"})
+    assert env["PATH"].split(":")[0] == str(bin_dir)
+    assert vm.tool_env("/x/vng", {})["PATH"].endswith(vm.SYSTEM_PATH)  # no PATH at all: the system's
+
+
+def test_new_outdir_keeps_only_the_newest(tmp_path: Path) -> None:
+    dirs = []
+    for i in range(5):
+        d = vm.new_outdir("run", f"k{i}", root=tmp_path, keep=3)
+        (d / "guest.sh").write_text("")
+        os.utime(d, (1000 + i, 1000 + i))
+        dirs.append(d)
+    vm.new_outdir("run", "last", root=tmp_path, keep=3)
+    assert [d.exists() for d in dirs] == [False, False, True, True, True]
+
+
+def test_guest_setup_script_loads_in_order_and_marks_the_boundary() -> None:
+    s = vm.guest_setup_script(Path("/b/6.1"), "6.1", Path("/o"), path="/v/bin:/usr/bin", python="/py",
+                              cached_dirs=["/py"])  # fmt: skip
+    order = [
+        s.index(x)
+        for x in (
+            "modprobe vfio ",
+            "modprobe vfio_iommu_type1",
+            "modprobe mdev",
+            "wd-harness: loading modules",
+            "insmod /b/6.1/wrapdrive.ko",
+            "insmod /b/6.1/wd_dummy.ko",
+            "guest_session.py start",
+        )
     ]
-    found = vm.find_splats(log)
-    assert log[0] not in found and log[-1] not in found and log[5] not in found
-    assert len(found) == 6
+    assert order == sorted(order)
+    assert "export WD_MODULE_DIR=/b/6.1" in s and "export WD_KERNEL=6.1" in s and "export WD_OUT=/o" in s
+    assert "--modules vfio,vfio_iommu_type1,mdev,wrapdrive,wd_dummy" in s
+    subprocess.run(["bash", "-n"], input=s, text=True, check=True)
+
+
+def test_session_script_records_the_status_then_ends_the_session(tmp_path: Path) -> None:
+    fake_py = tmp_path / "py"
+    fake_py.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'calls'}\n")
+    fake_py.chmod(0o755)
+    setup = f"export WD_OUT={tmp_path}\nset +e\n"
+    s = vm.session_script(setup, ["sh", "-c", "exit 7"], ("wd_dummy", "wrapdrive"), python=str(fake_py))
+    proc = subprocess.run(["bash", "-c", s], check=False)
+    assert proc.returncode == 7
+    assert (tmp_path / "status").read_text().strip() == "7"
+    assert (tmp_path / "calls").read_text().split()[1:] == ["end", "--out", str(tmp_path), "--rmmod",
+                                                             "wd_dummy,wrapdrive"]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- time limits
+
+
+def test_run_limited_kills_the_whole_group_past_its_limit(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child"
+    t0 = time.monotonic()
+    with pytest.raises(kernels.SetupError, match="did not finish within 1s: killed"):
+        kernels.run_limited(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], 1.0)
+    assert time.monotonic() - t0 < 10
+    child = int(pidfile.read_text())
+    time.sleep(0.2)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+
+
+def test_every_external_command_has_a_limit() -> None:
+    for cmd in (["apt-get", "update"], ["apt-get", "download", "x"], ["dpkg", "-x"], ["depmod", "-a"],
+                ["apt-cache", "show"], ["tar", "-x"]):  # fmt: skip
+        assert 0 < kernels.timeout_for(cmd) < 4 * 3600
+
+
+def test_a_failed_apt_get_update_ends_in_one_clear_line(tmp_path: Path) -> None:
+    """`tools/build.py deps` as root with apt-get failing: one line of ours, no traceback."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "apt-get").write_text("#!/bin/sh\necho 'E: The repository is not signed.' >&2\nexit 100\n")
+    (fake / "apt-get").chmod(0o755)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import build, kernels;"
+        "kernels.is_root = lambda: True; kernels.ensure_backports = lambda: False;"
+        "kernels.missing_packages = lambda p: ['sparse']; sys.exit(build.main(['deps']))"
+    )
+    env = dict(os.environ, PATH=f"{fake}:/usr/bin:/bin")
+    proc = subprocess.run([sys.executable, "-c", code, str(TOOLS)], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("tools/build.py")]
+    assert ours == ["tools/build.py deps: `apt-get update -q` failed (exit 100); its messages are above"]
+    assert proc.stderr.strip().splitlines()[-1] == ours[0]
+
+
+# --------------------------------------------------------------------------- debs and kernels, shared
+
+
+def deb_bytes(pkg: str) -> bytes:
+    return f"!<arch>\n{pkg}\n".encode() * 10
+
+
+def show(pkg: str, version: str = "6.1.192-2") -> str:
+    data = deb_bytes(pkg)
+    return (f"Package: {pkg}\nVersion: {version}\nFilename: pool/main/l/linux/{pkg}_{version}_amd64.deb\n"
+            f"Size: {len(data)}\nSHA256: {hashlib.sha256(data).hexdigest()}\n\n")  # fmt: skip
+
+
+PKGS_61 = ("linux-image-6.1.0-56-amd64", "linux-headers-6.1.0-56-amd64", "linux-headers-6.1.0-56-common")
+
+
+class FakeApt:
+    """apt-cache, dpkg -x and depmod for prepare_kernel; counts what it did."""
+
+    def __init__(self) -> None:
+        self.unpacked: list[str] = []
+        self.downloads: list[list[str]] = []
+        self.fail_unpack = False
+
+    def runner(self, cmd: Sequence[str]) -> str:
+        if list(cmd[:3]) == ["apt-cache", "depends", "linux-image-amd64"]:
+            return APT_DEPENDS_META
+        if cmd[:2] == ["apt-cache", "depends"]:
+            return "x\n  Depends: linux-headers-6.1.0-56-common\n"
+        if cmd[:2] == ["apt-cache", "show"]:
+            return show(cmd[-1])
+        if cmd[0] == "dpkg":
+            if self.fail_unpack:
+                raise kernels.SetupError("dpkg -x: killed")
+            self.unpacked.append(Path(cmd[2]).name)
+            if "linux-image" in cmd[2]:
+                fake_kernel(Path(cmd[3]))
+            return ""
+        if cmd[0] == "depmod":
+            return ""
+        raise AssertionError(cmd)
+
+    def download(self, cmd: list[str], cwd: Path) -> None:
+        self.downloads.append(cmd)
+        for spec in cmd[2:]:
+            pkg, _, version = spec.partition("=")
+            (cwd / f"{pkg}_{version}_amd64.deb").write_bytes(deb_bytes(pkg))
+
+
+def fake_kernel(root: Path, release: str = "6.1.0-56-amd64") -> None:
+    (root / "boot").mkdir(parents=True, exist_ok=True)
+    (root / "boot" / f"vmlinuz-{release}").write_bytes(b"MZ")
+    (root / "lib/modules" / release).mkdir(parents=True, exist_ok=True)
+    kdir = root / "usr/src" / f"linux-headers-{release}"
+    kdir.mkdir(parents=True, exist_ok=True)
+    (kdir / ".config").write_text("CONFIG_VFIO=m\n")
+    common = release.replace("-amd64", "-common")
+    (kdir / "Makefile").write_text(f"include /usr/src/linux-headers-{common}/Makefile\n# more\n")
+
+
+def prepare(apt: FakeApt, cache: Path, shared: Path) -> kernels.Kernel:
+    return kernels.prepare_kernel("6.1", cache=cache, runner=apt.runner, log=lambda m: None, shared=shared,
+                                  download=apt.download)  # fmt: skip
+
+
+def test_prepare_kernel_downloads_checks_unpacks_and_links(tmp_path: Path) -> None:
+    apt = FakeApt()
+    k = prepare(apt, tmp_path / "clone" / "kernels", tmp_path / "shared")
+    assert len(apt.downloads) == 1 and sorted(apt.unpacked) == sorted(f"{p}_6.1.192-2_amd64.deb" for p in PKGS_61)
+    assert k.root.is_symlink() and k.root.resolve() == tmp_path / "shared" / "kernels" / "6.1.0-56-amd64"
+    assert kernels.is_complete(k)
+    first = (k.kdir / "Makefile").read_text().splitlines()[0]
+    shared_root = tmp_path / "shared" / "kernels" / "6.1.0-56-amd64"
+    assert first == f"include {shared_root}/usr/src/linux-headers-6.1.0-56-common/Makefile"
+    assert not list((tmp_path / "shared" / "kernels").glob(".unpack-*"))
+
+
+def test_a_fresh_clone_links_the_shared_kernel_without_unpacking(tmp_path: Path) -> None:
+    prepare(FakeApt(), tmp_path / "a" / "kernels", tmp_path / "shared")
+    apt = FakeApt()
+    k = prepare(apt, tmp_path / "b" / "kernels", tmp_path / "shared")
+    assert apt.unpacked == [] and apt.downloads == []
+    assert kernels.is_complete(k)
+    again = FakeApt()  # the clone's own link: not even the apt index is asked
+    again.runner = lambda cmd: (_ for _ in ()).throw(AssertionError(cmd))  # type: ignore[method-assign]
+    prepare(again, tmp_path / "b" / "kernels", tmp_path / "shared")
+
+
+def test_a_damaged_cached_deb_is_dropped_and_fetched_again(tmp_path: Path) -> None:
+    debs = tmp_path / "shared" / "debs"
+    debs.mkdir(parents=True)
+    bad = debs / f"{PKGS_61[0]}_6.1.192-2_amd64.deb"
+    bad.write_bytes(deb_bytes(PKGS_61[0])[:-3])  # cut short
+    good = debs / f"{PKGS_61[1]}_6.1.192-2_amd64.deb"
+    good.write_bytes(deb_bytes(PKGS_61[1]))
+    apt = FakeApt()
+    prepare(apt, tmp_path / "kernels", tmp_path / "shared")
+    assert apt.downloads == [["apt-get", "download", f"{PKGS_61[0]}=6.1.192-2", f"{PKGS_61[2]}=6.1.192-2"]]
+    assert bad.read_bytes() == deb_bytes(PKGS_61[0])
+
+
+def test_a_download_that_does_not_match_the_index_never_takes_its_name(tmp_path: Path) -> None:
+    apt = FakeApt()
+
+    def corrupt(cmd: list[str], cwd: Path) -> None:
+        for spec in cmd[2:]:
+            pkg, _, version = spec.partition("=")
+            (cwd / f"{pkg}_{version}_amd64.deb").write_bytes(b"X" * len(deb_bytes(pkg)))
+
+    with pytest.raises(kernels.SetupError, match="SHA256"):
+        kernels.prepare_kernel("6.1", cache=tmp_path / "k", runner=apt.runner, log=lambda m: None,
+                               shared=tmp_path / "shared", download=corrupt)  # fmt: skip
+    assert [p.name for p in (tmp_path / "shared" / "debs").iterdir()] == []
+
+
+def test_a_half_unpacked_kernel_counts_as_absent(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    apt = FakeApt()
+    apt.fail_unpack = True
+    with pytest.raises(kernels.SetupError, match="killed"):
+        prepare(apt, tmp_path / "kernels", shared)
+    assert not (shared / "kernels" / "6.1.0-56-amd64").exists()  # never under its final name
+    assert not list((shared / "kernels").glob(".unpack-*"))
+    # one left by an older harness, complete-looking but without the stamp: unpacked again
+    fake_kernel(shared / "kernels" / "6.1.0-56-amd64")
+    apt = FakeApt()
+    k = prepare(apt, tmp_path / "kernels", shared)
+    assert apt.unpacked and kernels.is_complete(k)
+
+
+def test_index_entry_wants_size_and_checksum() -> None:
+    with pytest.raises(kernels.SetupError, match="no usable record"):
+        kernels.index_entry("p", lambda cmd: "Package: p\nVersion: 1\n")
+    d = kernels.index_entry("p", lambda cmd: show("p", "1:2.0-1"))
+    assert d.version == "1:2.0-1" and d.size == len(deb_bytes("p"))
+
+
+# --------------------------------------------------------------------------- a real build, from clean
+
+
+def test_werror_builds_from_clean_so_old_warnings_are_seen(tmp_path: Path) -> None:
+    """A module with a W=1 warning against Debian's 6.1 headers: an incremental rebuild
+    would compile nothing and print no warning; --werror must see it every time."""
+    k = kernels.kernel("6.1")
+    assert kernels.is_complete(k), "run tools/bootstrap.sh (it unpacks the kernels) first"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "Kbuild").write_text("obj-m += wdwarn.o\n")
+    (src / "wdwarn.c").write_text(
+        '#include <linux/module.h>\nint wd_unprototyped(void) { return 1; }\n'
+        'static int __init wdw_init(void) { return 0; }\nmodule_init(wdw_init);\nMODULE_LICENSE("GPL");\n'
+    )
+    target = build.Target("6.1", k.kdir, k.image)
+    out = tmp_path / "build"
+    build.build(target, build_dir=out, src=src)  # warns, builds
+    with pytest.raises(SystemExit, match="no previous prototype for .wd_unprototyped"):
+        build.build(target, build_dir=out, src=src, werror=True)
+
+
+# --------------------------------------------------------------------------- -k reaches the guest
+
+
+def test_keyword_is_for_the_guest_and_does_not_deselect_the_host_tests() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(REPO / "tests" / "qemu"), "--kernel", "6.1", "-k", "test_types",
+         "--collect-only", "-q", "-p", "no:cacheprovider"],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "deselected" not in proc.stdout
+    ids = [ln for ln in proc.stdout.splitlines() if "::" in ln]
+    assert "tests/qemu/test_guest.py::test_guest_boots_with_modules[6.1]" in ids
+    assert "tests/qemu/test_guest.py::test_guest_session[6.1]" in ids

@@ -1,12 +1,17 @@
-"""Host side of the VM suite: boots ONE guest per kernel per pytest session, runs the
-in-guest pytest files (tests/qemu/guest/test_*.py) there against the real modules, and
-hands each file's results to the tests in test_guest.py.
+"""Host side of the VM suite: boots ONE guest per kernel per pytest session (vm.boot()),
+runs the in-guest pytest files (tests/qemu/guest/test_*.py) there against the real
+modules, and hands the boot's output folder to the tests in test_guest.py, which judge it
+with tools/verdict.py.
 
 Options (also settable by environment):
   --kernel K          6.1, 6.12 or a kernel source tree; repeatable ($WD_KERNELS="6.1,6.12")
   --guest-tests PATH  folder (or file) of in-guest tests ($WD_GUEST_TESTS; default tests/qemu/guest)
-  --vm-timeout S      limit for one guest's whole run ($WD_VM_TIMEOUT; default 1500)
-  --guest-test-timeout S   limit for one in-guest test (default 300)
+  --vm-timeout S      limit for one guest's whole run ($WD_VM_TIMEOUT; default 1800)
+  --guest-test-timeout S   limit for one in-guest test unless marked slow (default 60);
+                      $WD_TIMEOUT_SCALE multiplies every in-guest limit (a debug kernel)
+  -k EXPR             is forwarded to the in-guest pytest (and does not filter the host's
+                      tests, which are one per kernel and file)
+  --durations N       also prints the N slowest in-guest tests
 
 The guest: 2 vCPUs in 2 NUMA nodes, 2 GiB; KVM when the probe says it works, else TCG;
 vfio, vfio_iommu_type1, mdev, wrapdrive.ko and wd_dummy.ko loaded (freshly built from
@@ -16,13 +21,10 @@ the in-guest tests run as root with cwd = repo root and the project's venv on PA
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,20 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 
 import build  # noqa: E402
+import guest_runner  # noqa: E402
+import verdict  # noqa: E402
 import vm  # noqa: E402
 
 DEFAULT_GUEST_TESTS = REPO / "tests" / "qemu" / "guest"
+DEFAULT_VM_TIMEOUT = 1800.0
+# The in-guest runner powers the guest off a few seconds after a test passes its limit;
+# the host kills a guest that has not done so this long after (a wedged guest kernel).
+HANG_GRACE = 120.0
 
 # The in-guest files are run inside the guest by tools/guest_runner.py, never on the host.
 collect_ignore = ["guest"]
+
+_GUEST_KEYWORD = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,7 +55,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--kernel", action="append", default=None, help="6.1, 6.12 or PATH; repeatable")
     g.addoption("--guest-tests", default=None, help="folder or file of in-guest pytest files")
     g.addoption("--vm-timeout", type=float, default=None, help="seconds for one guest's whole run")
-    g.addoption("--guest-test-timeout", type=float, default=300.0, help="seconds for one in-guest test")
+    g.addoption(
+        "--guest-test-timeout",
+        type=float,
+        default=guest_runner.DEFAULT_TEST_TIMEOUT,
+        help="seconds for one in-guest test unless it is marked slow",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # -k selects in-guest tests: hand it to the guest and keep it from deselecting the
+    # host's per-file tests (their ids are kernel and file names, not test names).
+    config.stash[_GUEST_KEYWORD] = config.option.keyword or ""
+    config.option.keyword = ""
+
+
+def guest_keyword(config: pytest.Config) -> str:
+    return config.stash.get(_GUEST_KEYWORD, "")
 
 
 def selected_kernels(config: pytest.Config) -> list[str]:
@@ -75,68 +101,58 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @dataclass
 class GuestRun:
-    """One booted guest's results, read from the folder it shared with the host."""
+    """One booted guest: its output folder read back, and what it was asked to run."""
 
     kernel: str
-    outdir: Path
-    console: str
-    elapsed: float
-    timed_out: bool
-    vng_rc: int
+    evidence: verdict.Evidence
     files: list[Path]
-    preamble: dict[str, Any] = field(default_factory=dict)
-    records: list[dict[str, Any]] = field(default_factory=list)
-    pytest_info: dict[str, Any] = field(default_factory=dict)
-    pytest_output: str = ""
-    boot_seconds: float = 0.0
+    rootdir: Path
+    keyword: str
+    elapsed: float
 
-    def console_tail(self, n: int = 60) -> str:
-        return "\n".join(self.console.splitlines()[-n:])
-
-    def output_tail(self, n: int = 6000) -> str:
-        return self.pytest_output[-n:]
+    def nodeid_prefix(self, f: Path) -> str:
+        return f"{f.resolve().relative_to(self.rootdir)}::"
 
     def results_for(self, f: Path) -> list[dict[str, Any]]:
-        return [r for r in self.records if r["event"] == "result" and Path(r["path"]) == f.resolve()]
+        pre = self.nodeid_prefix(f)
+        return [r for r in self.evidence.results() if r["nodeid"].startswith(pre)]
 
     def unfinished_in(self, f: Path) -> list[str]:
-        """Tests of f that started and never reported: the guest or pytest died there."""
-        done = {r["nodeid"] for r in self.results_for(f)}
-        return [
-            r["nodeid"]
-            for r in self.records
-            if r["event"] == "start" and Path(r["path"]) == f.resolve() and r["nodeid"] not in done
-        ]
+        pre = self.nodeid_prefix(f)
+        return [n for n in self.evidence.unfinished() if n.startswith(pre)]
 
-    @property
-    def session(self) -> dict[str, Any] | None:
-        """The final in-guest pytest process's session record (None: it was cut short)."""
-        if self.records and self.records[-1]["event"] == "session":
-            return self.records[-1]
+
+class HangWatch:
+    """The host's backstop for a guest that cannot power itself off: a test seen running
+    for longer than its limit plus HANG_GRACE gets the guest killed."""
+
+    def __init__(self, report: Path, grace: float = HANG_GRACE) -> None:
+        self.tail = guest_runner.ReportTail(report)
+        self.grace = grace
+        self.seen: tuple[str, float] | None = None
+
+    def __call__(self) -> str | None:
+        self.tail.poll()
+        r = self.tail.running
+        if r is None:
+            self.seen = None
+            return None
+        if self.seen is None or self.seen[0] != r["nodeid"]:
+            self.seen = (r["nodeid"], time.monotonic())
+        limit = float(r.get("timeout") or 0)
+        waited = time.monotonic() - self.seen[1]
+        if limit and waited > limit + self.grace:
+            return f"{r['nodeid']} still running after {waited:.0f}s (limit {limit:.0f}s); the guest did not power off"
         return None
 
-    def outside_kmsg(self) -> list[str]:
-        return [ln for r in self.records if r["event"] == "session" for ln in r["kmsg"]]
 
-    def ended_why(self) -> str:
-        if self.timed_out:
-            return "the guest timed out (killed)"
-        if self.pytest_info.get("timed_out"):
-            return "the in-guest pytest run timed out"
-        if not self.pytest_info:
-            return f"the guest ended before pytest finished (vng exit {self.vng_rc})"
-        return f"the in-guest pytest ended abnormally (exit {self.pytest_info.get('returncode')})"
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    if path.exists():
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass  # a line cut by a guest that died mid-write
-    return out
+def say(config: pytest.Config, msg: str) -> None:
+    """A line on the terminal now (not captured): where a boot's output folder is."""
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line(f"[wd] {msg}")
+    else:
+        print(f"[wd] {msg}", flush=True)
 
 
 def boot_and_run(kernel_spec: str, files: list[Path], config: pytest.Config) -> GuestRun:
@@ -144,53 +160,27 @@ def boot_and_run(kernel_spec: str, files: list[Path], config: pytest.Config) -> 
     if target.image is None:
         pytest.fail(f"{kernel_spec}: no bootable image (build the kernel tree first)", pytrace=False)
     build.build(target)  # always test what kernel/ holds now (incremental: ~3 s)
-    vm.VM_CACHE.mkdir(parents=True, exist_ok=True)
-    outdir = vm.VM_CACHE / f"pytest-{target.name}-{os.getpid()}"
-    shutil.rmtree(outdir, ignore_errors=True)
-    outdir.mkdir(parents=True)
+    outdir = vm.new_outdir("pytest", target.name)
     per_test = float(config.getoption("--guest-test-timeout"))
-    total = config.getoption("--vm-timeout") or float(os.environ.get("WD_VM_TIMEOUT", 0) or 0) or 1500.0
-    runner = [sys.executable, str(REPO / "tools" / "guest_runner.py"), "--out", str(outdir)]
-    runner += ["--test-timeout", str(per_test), "--timeout", str(max(60.0, total - 120.0))]
-    runner += [str(f) for f in files]
-    script = outdir / "guest.sh"
-    script.write_text(vm.guest_setup_script(target.build_dir, target.name) + "exec " + shlex.join(runner) + "\n")
-    kvm = vm.use_kvm(target.image)
-    cmd = vm.vng_command(
-        target.image, exec_cmd=f"bash {shlex.quote(str(script))}", kvm=kvm, rwdirs=[vm.VM_CACHE], vng=vm.find_vng()
-    )
-    print(
-        f"\n[wd] booting {target.name} ({'KVM' if kvm else 'TCG'}) for {len(files)} guest file(s), limit {total:.0f}s"
-    )
-    res = vm.run_vng(cmd, total)
-    (outdir / "console.log").write_text(res.output)
-    run = GuestRun(target.name, outdir, res.output, res.elapsed, res.timed_out, res.returncode, files)
-    pre = outdir / "preamble.json"
-    if not pre.exists():
-        why = f"timed out after {total:.0f}s" if res.timed_out else f"vng exited {res.returncode}"
-        pytest.fail(
-            f"[{target.name}] guest setup failed ({why}): modules not loaded or no shell\n"
-            f"--- console tail ---\n{run.console_tail()}",
-            pytrace=False,
-        )
-    run.preamble = json.loads(pre.read_text())
-    run.records = _read_jsonl(outdir / "report.jsonl")
-    if (outdir / "pytest.json").exists():
-        run.pytest_info = json.loads((outdir / "pytest.json").read_text())
-    if (outdir / "pytest.out").exists():
-        run.pytest_output = (outdir / "pytest.out").read_text(errors="replace")
-    hang = outdir / "hang-traceback.txt"
-    if hang.exists() and "Thread" in hang.read_text(errors="replace"):
-        run.pytest_output += "\n--- stacks of the hung test ---\n" + hang.read_text(errors="replace")
-    for ln in run.preamble.get("dmesg", []):
-        if "virtme-ng-init: starting script" in ln:
-            try:
-                run.boot_seconds = float(ln.split("]")[0].strip("[ "))
-            except ValueError:
-                pass
-    print(
-        f"[wd] {target.name}: guest ran {res.elapsed:.1f}s wall; script started at {run.boot_seconds:.1f}s"
-        f" guest uptime; in-guest pytest {run.pytest_info.get('duration', '?')}s"
+    total = config.getoption("--vm-timeout") or float(os.environ.get("WD_VM_TIMEOUT", 0) or 0) or DEFAULT_VM_TIMEOUT
+    keyword = guest_keyword(config)
+    durations = int(config.getoption("durations") or 0)
+    runner = guest_runner.host_command(sys.executable, outdir, files, test_timeout=per_test,
+                                       run_timeout=max(60.0, total - 120.0), keyword=keyword,
+                                       durations=durations)  # fmt: skip
+    guest = vm.Guest(target.name, target.image, target.build_dir, vm.use_kvm(target.image))
+    say(config, f"{target.name}: {len(files)} guest file(s){f', -k {keyword!r}' if keyword else ''}")
+    t0 = time.monotonic()
+    vm.boot(guest, runner, outdir, timeout=total, watch=HangWatch(outdir / "report.jsonl"),
+            log=lambda m: say(config, m))  # fmt: skip
+    ev = verdict.Evidence.load(outdir)
+    run = GuestRun(target.name, ev, files, guest_runner.common_root([str(f) for f in files]), keyword,
+                   time.monotonic() - t0)  # fmt: skip
+    up = verdict.script_start(ev)
+    say(
+        config,
+        f"{target.name}: guest ran {run.elapsed:.1f}s wall; script started at {up} guest uptime;"
+        f" in-guest pytest {(ev.runner or {}).get('duration', '?')}s; output in {outdir}",
     )
     return run
 
@@ -207,7 +197,17 @@ _RUNS: dict[str, GuestRun] = {}
 def guest_run(wd_kernel: str, request: pytest.FixtureRequest) -> GuestRun:
     """The single guest of this kernel for this session (booted on first use)."""
     if wd_kernel not in _RUNS:
-        t0 = time.monotonic()
         _RUNS[wd_kernel] = boot_and_run(wd_kernel, guest_test_files(request.config), request.config)
-        _RUNS[wd_kernel].elapsed = time.monotonic() - t0
     return _RUNS[wd_kernel]
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """With --durations N: the N slowest in-guest tests of each kernel."""
+    n = int(config.getoption("durations") or 0)
+    for kernel, run in _RUNS.items():
+        results = sorted(run.evidence.results(), key=lambda r: -float(r.get("duration", 0)))
+        if not n or not results:
+            continue
+        terminalreporter.write_sep("=", f"slowest {min(n, len(results))} in-guest tests ({kernel})")
+        for r in results[:n]:
+            terminalreporter.write_line(f"{float(r['duration']):8.2f}s {r['outcome']:8} {r['nodeid']}")

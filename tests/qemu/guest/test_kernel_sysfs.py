@@ -72,6 +72,7 @@ def test_create_remove_available_instances():
     assert read(f"{d}/available_instances") == "4096"
 
 
+@pytest.mark.slow
 def test_4096_queues():
     d = type_dir("wd_dummy.1", "memcpy")
     made = []

@@ -89,6 +89,7 @@ def engine_keeps_polling() -> Iterator[None]:
         f.write(saved)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
 def test_syscalls_do_not_scale_with_requests(tmp_path: Path, engine_keeps_polling: None) -> None:
     small, per_small, out_small = strace_count(tmp_path, 1000)

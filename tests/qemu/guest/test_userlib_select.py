@@ -124,6 +124,7 @@ def _udev_exec_queue(arg: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_falls_back_when_the_best_device_is_exhausted() -> None:
     """Fill wd_dummy.0 up to its last queue with foreign mdevs, then a
     request must land on wd_dummy.1 although wd_dummy.0 ranks first."""
@@ -175,6 +176,7 @@ def _child(mode: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
 
 
+@pytest.mark.slow(300)
 def test_queue_of_a_dead_process_is_reclaimed_not_leaked() -> None:
     dead = _child("die")
     name = dead.stdout.readline().strip() if dead.stdout else ""
