@@ -34,6 +34,8 @@ DEFAULT_TEST_TIMEOUT = 60.0
 STACK_DUMP_WAIT = 3.0
 POLL = 0.5
 MAX_RUNS = 20
+# The host kills a guest whose test is this long past its limit (the guest did not act).
+HANG_GRACE = 120.0
 
 
 def pytest_cmd(
@@ -67,12 +69,15 @@ def host_command(
     *,
     test_timeout: float = DEFAULT_TEST_TIMEOUT,
     run_timeout: float = 1200.0,
+    timeout_scale: float = 1.0,
     keyword: str = "",
     durations: int = 0,
 ) -> list[str]:
     """The command the host gives vm.boot() to run this runner in the guest."""
     cmd = [python, str(Path(__file__).resolve()), "--out", str(out)]
     cmd += ["--test-timeout", str(test_timeout), "--timeout", str(run_timeout)]
+    if timeout_scale != 1.0:
+        cmd.append(f"--timeout-scale={timeout_scale}")
     if keyword:
         cmd += ["-k", keyword]
     if durations:
@@ -125,6 +130,32 @@ class ReportTail:
         return None
 
 
+class HangWatch:
+    """On the HOST (vm.boot's watch): the backstop for a guest that cannot power itself
+    off (a wedged kernel).  A test seen running for longer than its limit plus `grace`
+    gets the guest killed; the runner in the guest normally acts within seconds."""
+
+    def __init__(self, report: Path, grace: float = HANG_GRACE, clock: Any = time.monotonic) -> None:
+        self.tail = ReportTail(report)
+        self.grace = grace
+        self.clock = clock
+        self.seen: tuple[str, float] | None = None
+
+    def __call__(self) -> str | None:
+        self.tail.poll()
+        r = self.tail.running
+        if r is None:
+            self.seen = None
+            return None
+        if self.seen is None or self.seen[0] != r["nodeid"]:
+            self.seen = (r["nodeid"], self.clock())
+        limit = float(r.get("timeout") or 0)
+        waited = self.clock() - self.seen[1]
+        if limit and waited > limit + self.grace:
+            return f"{r['nodeid']} still running after {waited:.0f}s (limit {limit:.0f}s); the guest did not power off"
+        return None
+
+
 def stop_for_timeout(
     out: Path, proc: subprocess.Popen[bytes], test: dict[str, Any], info: dict[str, Any], host_test: bool = False
 ) -> None:
@@ -158,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--test-timeout", type=float, default=DEFAULT_TEST_TIMEOUT, help="per test unless marked slow")
     p.add_argument("--timeout", type=float, default=1200.0, help="whole pytest run, seconds")
+    p.add_argument("--timeout-scale", type=float, default=1.0, help="multiplies every per-test limit (debug kernels)")
     p.add_argument("-k", dest="keyword", default="", help="pytest -k expression, forwarded")
     p.add_argument("--durations", type=int, default=0)
     p.add_argument("--host-test", action="store_true", help="on the host (tests): no sysrq, no power-off")
@@ -174,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tools"), env.get("PYTHONPATH", "")]))
+    if args.timeout_scale != 1.0:
+        env["WD_TIMEOUT_SCALE"] = str(args.timeout_scale)
     report = out / "report.jsonl"
     cmd = pytest_cmd(sys.executable, args.files, report, rootdir=common_root(args.files),
                      test_timeout=args.test_timeout, keyword=args.keyword, durations=args.durations)  # fmt: skip

@@ -6,8 +6,8 @@ lines it caused from the whole log the guest saves.  Standard library + pytest o
 
 Time limits: --wd-test-timeout seconds per test (guest_runner enforces them from outside
 this process), or the `slow` marker's: `@pytest.mark.slow` (SLOW_TIMEOUT seconds) or
-`@pytest.mark.slow(seconds)`.  $WD_TIMEOUT_SCALE multiplies every limit (a debug kernel
-runs several times slower).
+`@pytest.mark.slow(seconds)`.  $WD_TIMEOUT_SCALE (set by guest_runner --timeout-scale)
+multiplies every limit (a debug kernel runs several times slower).
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def test_timeout_scale_stretches_every_limit(tmp_path: Path) -> None:
     t = tmp_path / "t"
     t.mkdir()
     (t / "test_s.py").write_text("import time\ndef test_three_seconds():\n    time.sleep(3)\n")
-    out = run_runner(tmp_path, [t / "test_s.py"], "--test-timeout", "2", env={"WD_TIMEOUT_SCALE": "5"})
+    out = run_runner(tmp_path, [t / "test_s.py"], "--test-timeout", "2", "--timeout-scale", "5")
     assert results(out)["test_three_seconds"]["outcome"] == "passed"
     start = next(x for x in records(out) if x["event"] == "start")
     assert start["timeout"] == 10.0
@@ -138,7 +138,10 @@ def test_keyword_selects_in_guest_tests(tmp_path: Path) -> None:
 
 
 def test_host_conftest_is_not_loaded_but_the_guest_one_is(tmp_path: Path) -> None:
-    """The in-guest pytest stops looking for conftests at the guest tests' folder."""
+    """The in-guest pytest stops looking for conftests at the guest tests' folder.  An
+    ini file above it, as the repository's pyproject.toml, would otherwise make pytest
+    load every conftest from there down."""
+    (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\n")
     (tmp_path / "conftest.py").write_text("raise RuntimeError('the host conftest was loaded in the guest')\n")
     t = tmp_path / "guest"
     t.mkdir()
@@ -200,3 +203,22 @@ def test_debug_locks_read_from_lockdep_stats(
         stats.write_text(f" lock-classes:                         1718 [max: 8192]\n debug_locks:  {state}\n")
     monkeypatch.setattr(guest_session, "LOCKDEP_STATS", stats)
     assert guest_session.debug_locks() == state
+
+
+def test_the_host_kills_a_guest_whose_test_outlives_its_limit_and_grace(tmp_path: Path) -> None:
+    """guest_runner.HangWatch, the host's backstop when the guest cannot power off."""
+    import guest_runner
+
+    report = tmp_path / "report.jsonl"
+    now = [100.0]
+    watch = guest_runner.HangWatch(report, grace=30, clock=lambda: now[0])
+    assert watch() is None  # nothing yet
+    report.write_text(json.dumps({"event": "start", "nodeid": "f.py::t", "timeout": 60, "t": 1.0}) + "\n")
+    assert watch() is None
+    now[0] += 89
+    assert watch() is None
+    now[0] += 2
+    assert "f.py::t still running after 91s (limit 60s)" in (watch() or "")
+    with report.open("a") as f:
+        f.write(json.dumps({"event": "result", "nodeid": "f.py::t"}) + "\n")
+    assert watch() is None

@@ -7,8 +7,9 @@ Options (also settable by environment):
   --kernel K          6.1, 6.12 or a kernel source tree; repeatable ($WD_KERNELS="6.1,6.12")
   --guest-tests PATH  folder (or file) of in-guest tests ($WD_GUEST_TESTS; default tests/qemu/guest)
   --vm-timeout S      limit for one guest's whole run ($WD_VM_TIMEOUT; default 1800)
-  --guest-test-timeout S   limit for one in-guest test unless marked slow (default 60);
-                      $WD_TIMEOUT_SCALE multiplies every in-guest limit (a debug kernel)
+  --guest-test-timeout S   limit for one in-guest test unless marked slow (default 60)
+  --guest-timeout-scale X  multiplies every in-guest limit, for a slow (debug) kernel
+                      ($WD_TIMEOUT_SCALE; default 1)
   -k EXPR             is forwarded to the in-guest pytest (and does not filter the host's
                       tests, which are one per kernel and file)
   --durations N       also prints the N slowest in-guest tests
@@ -40,9 +41,6 @@ import vm  # noqa: E402
 
 DEFAULT_GUEST_TESTS = REPO / "tests" / "qemu" / "guest"
 DEFAULT_VM_TIMEOUT = 1800.0
-# The in-guest runner powers the guest off a few seconds after a test passes its limit;
-# the host kills a guest that has not done so this long after (a wedged guest kernel).
-HANG_GRACE = 120.0
 
 # The in-guest files are run inside the guest by tools/guest_runner.py, never on the host.
 collect_ignore = ["guest"]
@@ -61,6 +59,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=guest_runner.DEFAULT_TEST_TIMEOUT,
         help="seconds for one in-guest test unless it is marked slow",
     )
+    g.addoption("--guest-timeout-scale", type=float, default=None, help="multiplies every in-guest limit")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -122,37 +121,14 @@ class GuestRun:
         return [n for n in self.evidence.unfinished() if n.startswith(pre)]
 
 
-class HangWatch:
-    """The host's backstop for a guest that cannot power itself off: a test seen running
-    for longer than its limit plus HANG_GRACE gets the guest killed."""
-
-    def __init__(self, report: Path, grace: float = HANG_GRACE) -> None:
-        self.tail = guest_runner.ReportTail(report)
-        self.grace = grace
-        self.seen: tuple[str, float] | None = None
-
-    def __call__(self) -> str | None:
-        self.tail.poll()
-        r = self.tail.running
-        if r is None:
-            self.seen = None
-            return None
-        if self.seen is None or self.seen[0] != r["nodeid"]:
-            self.seen = (r["nodeid"], time.monotonic())
-        limit = float(r.get("timeout") or 0)
-        waited = time.monotonic() - self.seen[1]
-        if limit and waited > limit + self.grace:
-            return f"{r['nodeid']} still running after {waited:.0f}s (limit {limit:.0f}s); the guest did not power off"
-        return None
-
-
 def say(config: pytest.Config, msg: str) -> None:
-    """A line on the terminal now (not captured): where a boot's output folder is."""
-    tr = config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None:
-        tr.write_line(f"[wd] {msg}")
-    else:
+    """A line on the terminal now, past pytest's capture: where a boot's output folder is."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
         print(f"[wd] {msg}", flush=True)
+        return
+    with capman.global_and_fixture_disabled():
+        print(f"\n[wd] {msg}", flush=True)
 
 
 def boot_and_run(kernel_spec: str, files: list[Path], config: pytest.Config) -> GuestRun:
@@ -165,13 +141,14 @@ def boot_and_run(kernel_spec: str, files: list[Path], config: pytest.Config) -> 
     total = config.getoption("--vm-timeout") or float(os.environ.get("WD_VM_TIMEOUT", 0) or 0) or DEFAULT_VM_TIMEOUT
     keyword = guest_keyword(config)
     durations = int(config.getoption("durations") or 0)
+    scale = config.getoption("--guest-timeout-scale") or float(os.environ.get("WD_TIMEOUT_SCALE", 0) or 1)
     runner = guest_runner.host_command(sys.executable, outdir, files, test_timeout=per_test,
-                                       run_timeout=max(60.0, total - 120.0), keyword=keyword,
-                                       durations=durations)  # fmt: skip
+                                       run_timeout=max(60.0, total - 120.0), timeout_scale=scale,
+                                       keyword=keyword, durations=durations)  # fmt: skip
     guest = vm.Guest(target.name, target.image, target.build_dir, vm.use_kvm(target.image))
     say(config, f"{target.name}: {len(files)} guest file(s){f', -k {keyword!r}' if keyword else ''}")
     t0 = time.monotonic()
-    vm.boot(guest, runner, outdir, timeout=total, watch=HangWatch(outdir / "report.jsonl"),
+    vm.boot(guest, runner, outdir, timeout=total, watch=guest_runner.HangWatch(outdir / "report.jsonl"),
             log=lambda m: say(config, m))  # fmt: skip
     ev = verdict.Evidence.load(outdir)
     run = GuestRun(target.name, ev, files, guest_runner.common_root([str(f) for f in files]), keyword,
