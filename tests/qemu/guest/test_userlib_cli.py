@@ -10,6 +10,8 @@ import sys
 import zlib
 from pathlib import Path
 
+import pytest
+
 try:
     import wrapdrive  # noqa: F401
     ENV = dict(os.environ)
@@ -18,6 +20,9 @@ except ImportError:  # run from the repo root without an install
     ENV = dict(os.environ, PYTHONPATH=os.path.join(os.getcwd(), "userlib", "src"))
 
 from wrapdrive.crc import crc32c_sw
+
+# each test starts the CLI (a Python interpreter): 15-40 s apiece under TCG on a loaded host
+pytestmark = pytest.mark.slow(180)
 
 
 def wd(*args: str) -> subprocess.CompletedProcess[str]:
