@@ -25,8 +25,15 @@ nox.options.default_venv_backend = "none"
 nox.options.error_on_external_run = False
 
 
-def _run(session: nox.Session, *args: str, **env: str) -> None:
-    session.run(*args, external=True, env=env or None)
+# Seconds each command of a session may take, under timeout(1) (which signals the whole
+# process group): generous, but CI never hangs.  A VM session's guest has its own limit
+# (--vm-timeout, 1800 s) inside this one.
+LIMIT = 1200
+LIMIT_VM = 3600
+
+
+def _run(session: nox.Session, *args: str, limit: int = LIMIT, **env: str) -> None:
+    session.run("timeout", "--kill-after=30", str(limit), *args, external=True, env=env or None)
 
 
 @nox.session(venv_backend="none")
@@ -66,7 +73,7 @@ def build(session: nox.Session) -> None:
 def _vm(session: nox.Session, kernel: str) -> None:
     """Extra arguments go to pytest; -k EXPR selects in-guest tests (forwarded into the guest)."""
     _run(session, PY, "-m", "pytest", "tests/qemu", "--kernel", kernel, "-rfE", "-v", f"--durations={DURATIONS}",
-         *session.posargs)  # fmt: skip
+         *session.posargs, limit=LIMIT_VM)  # fmt: skip
 
 
 @nox.session(name="vm-6.1", venv_backend="none")
@@ -100,7 +107,7 @@ def bench(session: nox.Session) -> None:
     out.mkdir(exist_ok=True)
     shared = REPO / ".cache" / "vm" / "bench.json"  # .cache/vm is writable from the guest
     _run(session, *BUILD, "run", "--kernel", "6.1", "--build", "--",
-         "wrapdrive", "bench", "--json", str(shared), *session.posargs)
+         "wrapdrive", "bench", "--json", str(shared), *session.posargs, limit=LIMIT_VM)
     (out / "bench.json").write_text(shared.read_text())
     _run(session, PY, "-c", "import sys, pathlib; from wrapdrive.bench import plot; "
          "plot(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]))",
