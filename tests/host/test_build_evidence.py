@@ -183,6 +183,32 @@ DEBUG_BOOT_NOISE = [
 ]
 
 
+def test_a_debug_kernel_boot_counts_with_built_in_modules_and_lockdep_on() -> None:
+    """A real boot of a debug 6.1 (KASAN, PROVE_LOCKING, DEBUG_KMEMLEAK; vfio, type1 and
+    mdev =y): nothing in the boot is taken for a report, lockdep is on at the start, the
+    stock modules count as loaded though built in, and kmemleak scanned at the end."""
+    ev = load("debug-boot")
+    boot = "\n".join(ev.boot_lines())
+    assert "RCU lockdep checking is enabled." in boot and "KernelAddressSanitizer initialized" in boot
+    assert verdict.boot_problems(ev, LOADED) == []
+    assert ev.start is not None and ev.start["debug_locks"] == "1" and ev.start["kmemleak"] is True
+    assert {m: ev.start["modules"][m] for m in vm.STOCK_MODULES} == dict.fromkeys(vm.STOCK_MODULES, "builtin")
+    assert ev.end is not None and ev.end["kmemleak"]["present"] and ev.end["kmemleak"]["report"] == ""
+    assert all(verdict.test_problems(ev, r["nodeid"]) == [] for r in ev.results())
+
+
+def test_a_use_after_free_at_rmmod_after_the_last_test_fails_the_session() -> None:
+    """Found by this harness on that debug kernel: `rmmod wd_dummy` at the end of the
+    session frees what a kobject released later (CONFIG_DEBUG_KOBJECT_RELEASE) still
+    uses.  No test was running; the old harness ended with the last test and never saw
+    it.  KASAN's report also turned lockdep off, which the end record shows."""
+    ev = load("debug-boot")
+    text = joined(verdict.session_problems(ev, RMMOD))
+    assert "outside any test" in text
+    assert "BUG: KASAN: use-after-free in kobject_put" in text
+    assert "lockdep turned itself off during the session (debug_locks: 0)" in text
+
+
 def test_debug_kernel_boot_lines_are_not_splats() -> None:
     assert verdict.find_splats(DEBUG_BOOT_NOISE) == []
     assert verdict.find_splats(BOOT_KASAN) == BOOT_KASAN[1:]

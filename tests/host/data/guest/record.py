@@ -7,10 +7,14 @@ Each scenario boots Debian's 6.1 once through vm.boot(), exactly as the VM suite
 ways the evidence must survive.  Run from the repository root:
 
     .venv/bin/python tests/host/data/guest/record.py [SCENARIO ...]
+
+`debug-boot` boots a debug kernel instead (KASAN, lockdep, kmemleak; vfio, type1 and mdev
+built in): WD_DEBUG_KERNEL=<folder with boot/vmlinuz-* and the built tree in build/>.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -45,16 +49,29 @@ def commands(out: Path) -> dict[str, list[str]]:
         "hang": runner(out, ["probe_hang.py"], test_timeout=15.0),
         # /dev/kmsg cannot be opened: every check must fail, not pass
         "kmsg-gone": ["sh", "-c", "rm -f /dev/kmsg && exec \"$@\"", "sh", *runner(out, ["probe_kmsg_gone.py"])],
+        # a debug kernel: lockdep on at the start, built-in stock modules, kmemleak at the end
+        "debug-boot": guest_runner.host_command(
+            sys.executable, out, [REPO / "tests" / "qemu" / "guest" / "test_kernel_sysfs.py"],
+            timeout_scale=5.0, keyword="test_parents or test_types",
+        ),  # fmt: skip
     }
 
 
+def target_for(name: str) -> build.Target:
+    if name != "debug-boot":
+        return build.resolve_target("6.1")
+    root = Path(os.environ["WD_DEBUG_KERNEL"])
+    (image,) = root.glob("boot/vmlinuz-*")
+    return build.Target("debug-record", root / "build", image, root / "build")
+
+
 def record(name: str) -> Path:
-    target = build.resolve_target("6.1")
+    target = target_for(name)
     build.build(target)
     assert target.image is not None
     guest = vm.Guest(target.name, target.image, target.build_dir, vm.use_kvm(target.image))
     out = vm.new_outdir("record", name)
-    vm.boot(guest, commands(out)[name], out, timeout=900, echo=print)
+    vm.boot(guest, commands(out)[name], out, timeout=1800, echo=print)
     dest = HERE / name
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir()
@@ -66,5 +83,6 @@ def record(name: str) -> Path:
 
 
 if __name__ == "__main__":
-    for n in sys.argv[1:] or list(commands(Path("/x"))):
+    default = [n for n in commands(Path("/x")) if n != "debug-boot" or os.environ.get("WD_DEBUG_KERNEL")]
+    for n in sys.argv[1:] or default:
         record(n)
