@@ -123,7 +123,7 @@
  *                  dst_len >= 32.  Chained: see below.
  *   WD_OP_DEFLATE  dst <- a zlib stream (RFC 1950) of src at desc.level
  *                  (0: zlib's default, 6; 1..9; WD_LEVEL_STORE: stored
- *                  blocks).  One-shot output fits in WD_DEFLATE_BOUND(src_len).
+ *                  blocks).  One-shot output fits in wd_deflate_bound(src_len).
  *   WD_OP_INFLATE  dst <- the data of the zlib stream at the start of src.
  *                  Inflate stops at the end of the first stream: cqe.flags
  *                  has WD_CF_STREAM_END and cqe.result is the number of src
@@ -262,9 +262,11 @@
 #define WD_SHA256_BLOCK_LEN	64
 #define WD_SHA256_CTX_MAGIC	0x32414853	/* "SHA2" little endian */
 
-/* Output room that always holds a one-shot deflate of n bytes. */
-#define WD_DEFLATE_BOUND(n)	((n) + ((n) >> 12) + ((n) >> 14) + \
-				 ((n) >> 25) + 13)
+/* Output room that always holds a one-shot deflate of @n bytes. */
+static inline __u64 wd_deflate_bound(__u64 n)
+{
+	return n + (n >> 12) + (n >> 14) + (n >> 25) + 13;
+}
 
 /* A submission descriptor: 64 bytes. */
 struct wd_desc {

@@ -32,7 +32,7 @@ VFIO_NAMES = (
     "VFIO_DMA_MAP_FLAG_READ", "VFIO_DMA_MAP_FLAG_WRITE",
 )
 
-# Arguments at which the function-like macro WD_DEFLATE_BOUND is evaluated,
+# Arguments at which the header's wd_deflate_bound() is evaluated,
 # so that deflate_bound() below is checked against the header.
 BOUND_SAMPLES = (0, 1, 4095, 65536, 300000, 1 << 20, 16 << 20)
 
@@ -56,7 +56,7 @@ def _program(text):
                          f"sizeof(((struct {sname} *)0)->{f}));")
     for n in BOUND_SAMPLES:
         lines.append(f'printf("[\\"B\\", {n}, %llu]\\n", '
-                     f"(unsigned long long)WD_DEFLATE_BOUND({n}ULL));")
+                     f"(unsigned long long)wd_deflate_bound({n}ULL));")
     lines += ["return 0;", "}"]
     return "\n".join(lines) + "\n"
 
@@ -100,12 +100,12 @@ CONST = _ABI["const"]
 
 
 def deflate_bound(n):
-    """WD_DEFLATE_BOUND(n); checked against the compiled macro at import."""
+    """wd_deflate_bound(n) of the header; checked against the compiled one at import."""
     return n + (n >> 12) + (n >> 14) + (n >> 25) + 13
 
 
 for _n, _want in _ABI["bound"].items():
-    assert deflate_bound(int(_n)) == _want, f"WD_DEFLATE_BOUND({_n}) changed in the header"
+    assert deflate_bound(int(_n)) == _want, f"wd_deflate_bound({_n}) changed in the header"
 
 
 def sizeof(struct):
