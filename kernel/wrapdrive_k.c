@@ -445,7 +445,7 @@ static void wd_queue_init_ring(struct wd_queue *q)
 	hdr->cqe_size = sizeof(struct wd_cqe);
 	hdr->cq_off = (void *)q->cq - q->cqr;
 	hdr->capa_flags = q->mtype->capa->flags;
-	hdr->max_streams = 0;
+	hdr->max_streams = q->mtype->capa->max_streams;
 	q->sq_head = 0;
 	q->cq_tail = 0;
 	q->status = 0;
