@@ -9,6 +9,11 @@
 
 #include <crypto/sha2.h>
 #include <linux/crc32.h>
+#include <linux/debugfs.h>
+#include <linux/dma-mapping.h>
+#include <linux/highmem.h>
+#include <linux/iommu.h>
+#include <linux/mem_encrypt.h>
 #include <linux/kthread.h>
 #include <linux/ktime.h>
 #include <linux/log2.h>
@@ -62,6 +67,14 @@ static unsigned int poll_max_us = 10000;
 module_param(poll_max_us, uint, 0644);
 MODULE_PARM_DESC(poll_max_us, "upper bound of the adaptive polling window (default 10000)");
 
+static bool own_doorbell;
+module_param(own_doorbell, bool, 0444);
+MODULE_PARM_DESC(own_doorbell, "serve each queue's doorbell from a page of the driver, as hardware with MMIO doorbells does (default off)");
+
+static bool dma_api;
+module_param(dma_api, bool, 0444);
+MODULE_PARM_DESC(dma_api, "reach request memory as a DMA device would: mapped with the DMA API, through DMA addresses (default off: CPU copies)");
+
 static const struct wd_capa wd_dummy_capas[] = {
 	{ .sysfs_name = "memcpy", .algo_type = "memcpy" },
 	{ .sysfs_name = "crc32c", .algo_type = "crc32c" },
@@ -100,7 +113,8 @@ struct wd_dummy_scratch {
  * round, so once queue_close has taken it the queue is no longer in use.
  * WrapDrive calls queue_open/queue_close with its accel lock held (taken
  * before @lock).  @kicked and @wq wake the engine; @scratch and @batch
- * belong to the engine thread.
+ * belong to the engine thread.  @bench_lock serialises selfbench runs and
+ * guards @bench_result.
  */
 struct wd_dummy_dev {
 	struct platform_device *pdev;
@@ -112,14 +126,20 @@ struct wd_dummy_dev {
 	atomic_t kicked;
 	struct wd_dummy_scratch scratch;
 	struct wd_desc batch[WD_DUMMY_BUDGET];
+	struct mutex bench_lock;	/* one selfbench at a time */
+	char bench_result[96];
 };
 
-/* An open queue as the engine sees it; on wd_dummy_dev.queues. */
+/*
+ * An open queue as the engine sees it; on wd_dummy_dev.queues.
+ * @db_page: its doorbell page when the driver provides it (own_doorbell).
+ */
 struct wd_dummy_queue {
 	struct list_head node;
 	struct wd_queue *q;
 	enum wd_dummy_algo algo;
 	bool weak;
+	struct page *db_page;
 };
 
 static struct platform_device *wd_dummy_pdevs[WD_DUMMY_MAX_DEVS];
@@ -143,24 +163,85 @@ struct wd_dummy_io {
 	int level;	/* deflate: zlib level */
 };
 
+/*
+ * dma_api mode: the engine plays a DMA device.  A chunk of the request's
+ * memory is mapped with wd_queue_dma_map() for the platform device and
+ * reached through its DMA addresses only, each turned back into the page it
+ * names (no IOMMU in front of this device: dma-direct, perhaps a swiotlb
+ * bounce buffer, which the unmap copies back).  Chunks are at most
+ * WD_DUMMY_CHUNK bytes, so a request pins little at a time.
+ */
+static void wd_dummy_dev_access(dma_addr_t addr, void *buf, u32 len,
+				bool to_mem)
+{
+	phys_addr_t phys = __sme_clr(addr);
+
+	while (len) {
+		u32 off = offset_in_page(phys);
+		u32 n = min_t(u32, len, PAGE_SIZE - off);
+		void *kaddr = kmap_local_page(pfn_to_page(PHYS_PFN(phys)));
+
+		if (to_mem)
+			memcpy(kaddr + off, buf, n);
+		else
+			memcpy(buf, kaddr + off, n);
+		kunmap_local(kaddr);
+		phys += n;
+		buf += n;
+		len -= n;
+	}
+}
+
+static int wd_dummy_dma_copy(struct wd_queue *q, u64 addr, void *buf, u32 n,
+			     bool to_mem)
+{
+	struct wd_dma_map *map;
+	struct scatterlist *sg;
+	u32 done = 0;
+	int i;
+
+	if (!n)
+		return 0;
+	map = wd_queue_dma_map(q, addr, n,
+			       to_mem ? DMA_FROM_DEVICE : DMA_TO_DEVICE);
+	if (IS_ERR(map))
+		return PTR_ERR(map);
+	for_each_sgtable_dma_sg(&map->sgt, sg, i) {
+		wd_dummy_dev_access(sg_dma_address(sg), buf + done,
+				    sg_dma_len(sg), to_mem);
+		done += sg_dma_len(sg);
+	}
+	wd_queue_dma_unmap(q, map);
+	return 0;
+}
+
 static int io_read(struct wd_dummy_io *io, u32 off, void *buf, u32 n)
 {
 	if (!io->q) {
 		memcpy(buf, io->ksrc + off, n);
 		return 0;
 	}
+	if (dma_api)
+		return wd_dummy_dma_copy(io->q, io->src + off, buf, n, false);
 	return wd_queue_read(io->q, io->src + off, buf, n);
 }
 
 /* Append to the output; WD_STS_NOSPC when dst is too small. */
 static int io_write(struct wd_dummy_io *io, const void *buf, u32 n)
 {
+	u64 at = io->dst + io->out_len;
+	int ret = 0;
+
 	if (n > io->dst_len - io->out_len)
 		return WD_STS_NOSPC;
 	if (!io->q)
 		memcpy(io->kdst + io->out_len, buf, n);
-	else if (wd_queue_write(io->q, io->dst + io->out_len, buf, n))
-		return WD_STS_BAD_ADDR;
+	else if (dma_api)
+		ret = wd_dummy_dma_copy(io->q, at, (void *)buf, n, true);
+	else
+		ret = wd_queue_write(io->q, at, buf, n);
+	if (ret)
+		return ret == -ENOMEM ? WD_STS_NOMEM : WD_STS_BAD_ADDR;
 	io->out_len += n;
 	return WD_STS_OK;
 }
@@ -602,6 +683,18 @@ static int wd_dummy_queue_open(struct wd_queue *q)
 		dq->algo = WD_ALGO_SHA256;
 	else
 		dq->algo = WD_ALGO_ZLIB;
+	if (own_doorbell) {
+		struct wd_doorbell_page db = {};
+
+		dq->db_page = alloc_page(GFP_KERNEL);
+		if (!dq->db_page) {
+			kfree(dq);
+			return -ENOMEM;
+		}
+		db.pfn = page_to_pfn(dq->db_page);
+		db.kaddr = page_address(dq->db_page);
+		wd_queue_set_doorbell(q, &db);
+	}
 	wd_queue_set_priv(q, dq);
 	mutex_lock(&d->lock);
 	list_add_tail(&dq->node, &d->queues);
@@ -619,6 +712,8 @@ static void wd_dummy_queue_close(struct wd_queue *q)
 	list_del(&dq->node);
 	mutex_unlock(&d->lock);
 	wd_queue_set_priv(q, NULL);
+	if (dq->db_page)
+		__free_page(dq->db_page);
 	kfree(dq);
 }
 
@@ -647,8 +742,8 @@ static int wd_dummy_scratch_alloc(struct wd_dummy_scratch *s)
 	return 0;
 }
 
-static int wd_dummy_selfbench(struct wd_accel *accel, const char *algo,
-			      u32 size, u32 count, u64 *nsec)
+static int wd_dummy_selfbench(const char *algo, u32 size, u32 count,
+			      u64 *nsec)
 {
 	struct wd_dummy_scratch s = {};
 	struct wd_dummy_io io = {};
@@ -707,11 +802,63 @@ out:
 	return ret;
 }
 
+/*
+ * debugfs selfbench: write "ALGO SIZE COUNT" to run, read back
+ * "ALGO SIZE COUNT NSEC" (docs/ABI/debugfs-wrapdrive).
+ */
+static ssize_t wd_dummy_selfbench_read(struct file *file, char __user *ubuf,
+				       size_t count, loff_t *ppos)
+{
+	struct wd_dummy_dev *d = file->private_data;
+	char buf[sizeof(d->bench_result)];
+
+	mutex_lock(&d->bench_lock);
+	strscpy(buf, d->bench_result, sizeof(buf));
+	mutex_unlock(&d->bench_lock);
+	return simple_read_from_buffer(ubuf, count, ppos, buf, strlen(buf));
+}
+
+static ssize_t wd_dummy_selfbench_write(struct file *file,
+					const char __user *ubuf, size_t count,
+					loff_t *ppos)
+{
+	struct wd_dummy_dev *d = file->private_data;
+	char buf[64], algo[16];
+	u32 size, cnt;
+	u64 nsec = 0;
+	int ret;
+
+	if (*ppos || count >= sizeof(buf))
+		return -EINVAL;
+	if (copy_from_user(buf, ubuf, count))
+		return -EFAULT;
+	buf[count] = '\0';
+	if (sscanf(buf, "%15s %u %u", algo, &size, &cnt) != 3)
+		return -EINVAL;
+	if (size > WD_MAX_LEN || !cnt || cnt > 1000000)
+		return -EINVAL;
+
+	mutex_lock(&d->bench_lock);
+	ret = wd_dummy_selfbench(algo, size, cnt, &nsec);
+	if (!ret)
+		snprintf(d->bench_result, sizeof(d->bench_result),
+			 "%s %u %u %llu\n", algo, size, cnt, nsec);
+	mutex_unlock(&d->bench_lock);
+	return ret ? ret : count;
+}
+
+static const struct file_operations wd_dummy_selfbench_fops = {
+	.owner = THIS_MODULE,
+	.open = simple_open,
+	.read = wd_dummy_selfbench_read,
+	.write = wd_dummy_selfbench_write,
+	.llseek = default_llseek,
+};
+
 static const struct wd_accel_ops wd_dummy_ops = {
 	.queue_open = wd_dummy_queue_open,
 	.queue_close = wd_dummy_queue_close,
 	.kick = wd_dummy_kick,
-	.selfbench = wd_dummy_selfbench,
 };
 
 /* ---------------------------------------------------------------------- */
@@ -745,9 +892,18 @@ static int wd_dummy_probe(struct platform_device *pdev)
 		return -ENOMEM;
 	d->pdev = pdev;
 	mutex_init(&d->lock);
+	mutex_init(&d->bench_lock);
 	INIT_LIST_HEAD(&d->queues);
 	init_waitqueue_head(&d->wq);
 	atomic_set(&d->kicked, 0);
+	if (dma_api) {
+		/* The engine turns DMA addresses back into pages: no IOMMU. */
+		if (device_iommu_mapped(&pdev->dev) || pdev->dev.dma_range_map)
+			return -EOPNOTSUPP;
+		ret = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(64));
+		if (ret)
+			return ret;
+	}
 	ret = wd_dummy_scratch_alloc(&d->scratch);
 	if (ret)
 		return ret;
@@ -758,16 +914,25 @@ static int wd_dummy_probe(struct platform_device *pdev)
 		ret = PTR_ERR(d->engine);
 		goto err_scratch;
 	}
-	d->accel = wd_register_accel(&pdev->dev, &info, &wd_dummy_ops, d);
+	d->accel = wd_accel_alloc(&pdev->dev, &info, &wd_dummy_ops, d);
 	if (IS_ERR(d->accel)) {
 		ret = PTR_ERR(d->accel);
-		kthread_stop(d->engine);
-		goto err_scratch;
+		goto err_engine;
 	}
+	/* Ready before anyone can see the device: selfbench, the engine. */
+	debugfs_create_file("selfbench", 0600, wd_accel_debugfs(d->accel), d,
+			    &wd_dummy_selfbench_fops);
 	wake_up_process(d->engine);
+	ret = wd_accel_register(d->accel);
+	if (ret)
+		goto err_accel;
 	platform_set_drvdata(pdev, d);
 	return 0;
 
+err_accel:
+	wd_accel_remove(d->accel);
+err_engine:
+	kthread_stop(d->engine);
 err_scratch:
 	wd_dummy_scratch_free(&d->scratch);
 	return ret;
@@ -778,9 +943,10 @@ static void wd_dummy_remove(struct platform_device *pdev)
 	struct wd_dummy_dev *d = platform_get_drvdata(pdev);
 
 	/* Kills open queues (queue_close), waits for their users. */
-	wd_unregister_accel(d->accel);
+	wd_accel_remove(d->accel);
 	kthread_stop(d->engine);
 	wd_dummy_scratch_free(&d->scratch);
+	mutex_destroy(&d->bench_lock);
 	mutex_destroy(&d->lock);
 }
 
