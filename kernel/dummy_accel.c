@@ -3,7 +3,8 @@
  * wd_dummy: a software accelerator on top of WrapDrive, the sample a vendor
  * driver copies.  This file is the driver proper: module parameters, one
  * platform device per accelerator, its capabilities (one mdev type each),
- * and the WrapDrive ops: queue_open, queue_close, kick.  The engine that
+ * and the WrapDrive ops: queue_open, queue_close, kick; two optional modes
+ * show what a hardware driver does differently (own_doorbell, dma_api).  The engine that
  * serves the queues is in dummy_engine.c, the algorithms in dummy_algs.c;
  * a hardware driver would start its engine in queue_open, ring it in
  * kick, and stop it in queue_close.
@@ -12,7 +13,9 @@
 
 #include <linux/cpumask.h>
 #include <linux/debugfs.h>
+#include <linux/dma-mapping.h>
 #include <linux/fs.h>
+#include <linux/iommu.h>
 #include <linux/ktime.h>
 #include <linux/log2.h>
 #include <linux/module.h>
@@ -22,6 +25,7 @@
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/topology.h>
+#include <linux/uaccess.h>
 #include <linux/vmalloc.h>
 
 #include "dummy_accel.h"
@@ -68,6 +72,14 @@ MODULE_PARM_DESC(ring_entries, "ring entries per queue, a power of two (2..65536
 static unsigned int max_streams = 16;
 module_param(max_streams, uint, 0444);
 MODULE_PARM_DESC(max_streams, "zlib stream slots per zlib queue (1..1024, default 16)");
+
+static bool own_doorbell;
+module_param(own_doorbell, bool, 0444);
+MODULE_PARM_DESC(own_doorbell, "serve each queue's doorbell from a page of the driver, as hardware with MMIO doorbells does (default off)");
+
+bool wd_dummy_dma_api;
+module_param_named(dma_api, wd_dummy_dma_api, bool, 0444);
+MODULE_PARM_DESC(dma_api, "reach request memory as a DMA device would: mapped with the DMA API, through DMA addresses (default off: CPU copies)");
 
 /* Tunables: writable, each within its bounds (wd_dummy_bounds). */
 unsigned int wd_dummy_poll_idle_us = 200;
@@ -159,7 +171,6 @@ static int wd_dummy_algo_of(const char *algo_type)
 }
 
 static struct platform_device *wd_dummy_pdevs[WD_DUMMY_MAX_DEVS];
-static struct dentry *wd_dummy_debugfs;
 
 /* ---------------------------------------------------------------------- */
 /* WrapDrive ops */
@@ -185,13 +196,27 @@ static int wd_dummy_queue_open(struct wd_queue *q)
 		dq->streams = kcalloc_node(dq->max_streams,
 					   sizeof(*dq->streams), GFP_KERNEL,
 					   d->node);
-		if (!dq->streams) {
-			kfree(dq);
-			return -ENOMEM;
-		}
+		if (!dq->streams)
+			goto err_free;
+	}
+	if (own_doorbell) {
+		/* Hardware would hand out a page of its MMIO space here. */
+		struct wd_doorbell_page db = {};
+
+		dq->db_page = alloc_pages_node(d->node, GFP_KERNEL, 0);
+		if (!dq->db_page)
+			goto err_free;
+		db.pfn = page_to_pfn(dq->db_page);
+		db.kaddr = page_address(dq->db_page);
+		wd_queue_set_doorbell(q, &db);
 	}
 	wd_dummy_engine_add_queue(d, dq);
 	return 0;
+
+err_free:
+	kfree(dq->streams);
+	kfree(dq);
+	return -ENOMEM;
 }
 
 static void wd_dummy_queue_close(struct wd_queue *q)
@@ -202,6 +227,8 @@ static void wd_dummy_queue_close(struct wd_queue *q)
 	/* Aborts what runs, waits for the engine to let go of the queue. */
 	wd_dummy_engine_del_queue(d, dq);
 	wd_dummy_streams_free(dq);
+	if (dq->db_page)
+		__free_page(dq->db_page);
 	kfree(dq->streams);
 	kfree(dq);
 }
@@ -212,8 +239,8 @@ static void wd_dummy_kick(struct wd_queue *q)
 }
 
 /* Self-benchmark: the algorithm code on kernel buffers, in the caller. */
-static int wd_dummy_selfbench(struct wd_accel *accel, const char *algo,
-			      u32 size, u32 count, u64 *nsec)
+static int wd_dummy_selfbench(const char *algo, u32 size, u32 count,
+			      u64 *nsec)
 {
 	static const u16 opcodes[] = {
 		[WD_ALGO_MEMCPY] = WD_OP_MEMCPY,
@@ -261,11 +288,60 @@ static const struct wd_accel_ops wd_dummy_ops = {
 	.queue_open = wd_dummy_queue_open,
 	.queue_close = wd_dummy_queue_close,
 	.kick = wd_dummy_kick,
-	.selfbench = wd_dummy_selfbench,
 };
 
 /* ---------------------------------------------------------------------- */
-/* debugfs: /sys/kernel/debug/wd_dummy/<device>/ */
+/* debugfs, in the accelerator's directory (docs/ABI/debugfs-wrapdrive) */
+
+/* selfbench: write "ALGO SIZE COUNT" to run, read "ALGO SIZE COUNT NSEC". */
+static ssize_t wd_dummy_selfbench_read(struct file *file, char __user *ubuf,
+				       size_t count, loff_t *ppos)
+{
+	struct wd_dummy_dev *d = file->private_data;
+	char buf[sizeof(d->bench_result)];
+
+	mutex_lock(&d->bench_lock);
+	strscpy(buf, d->bench_result, sizeof(buf));
+	mutex_unlock(&d->bench_lock);
+	return simple_read_from_buffer(ubuf, count, ppos, buf, strlen(buf));
+}
+
+static ssize_t wd_dummy_selfbench_write(struct file *file,
+					const char __user *ubuf, size_t count,
+					loff_t *ppos)
+{
+	struct wd_dummy_dev *d = file->private_data;
+	char buf[64], algo[16];
+	u32 size, cnt;
+	u64 nsec = 0;
+	int ret;
+
+	if (*ppos || count >= sizeof(buf))
+		return -EINVAL;
+	if (copy_from_user(buf, ubuf, count))
+		return -EFAULT;
+	buf[count] = '\0';
+	if (sscanf(buf, "%15s %u %u", algo, &size, &cnt) != 3)
+		return -EINVAL;
+	if (size > WD_MAX_LEN || !cnt || cnt > 1000000)
+		return -EINVAL;
+
+	mutex_lock(&d->bench_lock);
+	ret = wd_dummy_selfbench(algo, size, cnt, &nsec);
+	if (!ret)
+		snprintf(d->bench_result, sizeof(d->bench_result),
+			 "%s %u %u %llu\n", algo, size, cnt, nsec);
+	mutex_unlock(&d->bench_lock);
+	return ret ? ret : count;
+}
+
+static const struct file_operations wd_dummy_selfbench_fops = {
+	.owner = THIS_MODULE,
+	.open = simple_open,
+	.read = wd_dummy_selfbench_read,
+	.write = wd_dummy_selfbench_write,
+	.llseek = default_llseek,
+};
 
 static int wd_dummy_engines_get(void *data, u64 *val)
 {
@@ -295,15 +371,19 @@ static int wd_dummy_stream_bytes_get(void *data, u64 *val)
 DEFINE_DEBUGFS_ATTRIBUTE(wd_dummy_stream_bytes_fops, wd_dummy_stream_bytes_get,
 			 NULL, "%llu\n");
 
+/* Removed with the directory, by wd_accel_remove(). */
 static void wd_dummy_debugfs_init(struct wd_dummy_dev *d)
 {
-	d->dbg = debugfs_create_dir(dev_name(&d->pdev->dev), wd_dummy_debugfs);
-	debugfs_create_file_unsafe("engines", 0444, d->dbg, d,
+	struct dentry *dir = wd_accel_debugfs(d->accel);
+
+	debugfs_create_file("selfbench", 0600, dir, d,
+			    &wd_dummy_selfbench_fops);
+	debugfs_create_file_unsafe("engines", 0444, dir, d,
 				   &wd_dummy_engines_fops);
-	debugfs_create_file_unsafe("streams", 0444, d->dbg, &d->nr_streams,
+	debugfs_create_file_unsafe("streams", 0444, dir, &d->nr_streams,
 				   &wd_dummy_streams_fops);
-	debugfs_create_file_unsafe("stream_bytes", 0444, d->dbg,
-				   &d->stream_bytes, &wd_dummy_stream_bytes_fops);
+	debugfs_create_file_unsafe("stream_bytes", 0444, dir, &d->stream_bytes,
+				   &wd_dummy_stream_bytes_fops);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -374,25 +454,39 @@ static int wd_dummy_probe(struct platform_device *pdev)
 	d->cpu = wd_dummy_engine_cpu(idx, d->node);
 	atomic_set(&d->nr_streams, 0);
 	atomic_long_set(&d->stream_bytes, 0);
+	mutex_init(&d->bench_lock);
+	if (wd_dummy_dma_api) {
+		/* The engine turns DMA addresses back into pages: no IOMMU. */
+		if (device_iommu_mapped(&pdev->dev) || pdev->dev.dma_range_map)
+			return -EOPNOTSUPP;
+		ret = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(64));
+		if (ret)
+			return ret;
+	}
 
-	/* The engine first, asleep: a queue may open as soon as we register. */
+	/*
+	 * Two steps: everything ready (engine asleep, debugfs) before anyone
+	 * can see the device, since a queue may open as soon as it is.
+	 */
+	d->accel = wd_accel_alloc(&pdev->dev, &info, &wd_dummy_ops, d);
+	if (IS_ERR(d->accel))
+		return PTR_ERR(d->accel);
 	ret = wd_dummy_engine_init(d);
 	if (ret)
-		return ret;
+		goto err_accel;
 	wd_dummy_debugfs_init(d);
-	d->accel = wd_register_accel(&pdev->dev, &info, &wd_dummy_ops, d);
-	if (IS_ERR(d->accel)) {
-		ret = PTR_ERR(d->accel);
+	ret = wd_accel_register(d->accel);
+	if (ret)
 		goto err_engine;
-	}
 	platform_set_drvdata(pdev, d);
 	dev_info(&pdev->dev, "engine on %s%d\n", d->cpu < 0 ? "node " : "CPU ",
 		 d->cpu < 0 ? d->node : d->cpu);
 	return 0;
 
 err_engine:
-	debugfs_remove_recursive(d->dbg);
 	wd_dummy_engine_fini(d);
+err_accel:
+	wd_accel_remove(d->accel);
 	return ret;
 }
 
@@ -401,9 +495,9 @@ static void wd_dummy_remove(struct platform_device *pdev)
 	struct wd_dummy_dev *d = platform_get_drvdata(pdev);
 
 	/* Kills open queues (queue_close), waits for their users. */
-	wd_unregister_accel(d->accel);
-	debugfs_remove_recursive(d->dbg);
+	wd_accel_remove(d->accel);
 	wd_dummy_engine_fini(d);
+	mutex_destroy(&d->bench_lock);
 }
 
 static struct platform_driver wd_dummy_driver = {
@@ -467,10 +561,9 @@ static int __init wd_dummy_init(void)
 	ret = wd_dummy_check_params();
 	if (ret)
 		return ret;
-	wd_dummy_debugfs = debugfs_create_dir(WD_DUMMY_NAME, NULL);
 	ret = platform_driver_register(&wd_dummy_driver);
 	if (ret)
-		goto err_debugfs;
+		return ret;
 	for (i = 0; i < nr_devices; i++) {
 		wd_dummy_pdevs[i] = platform_device_register_simple(WD_DUMMY_NAME,
 								    i, NULL, 0);
@@ -485,8 +578,6 @@ static int __init wd_dummy_init(void)
 err_devices:
 	wd_dummy_del_devices();
 	platform_driver_unregister(&wd_dummy_driver);
-err_debugfs:
-	debugfs_remove_recursive(wd_dummy_debugfs);
 	return ret;
 }
 
@@ -494,7 +585,6 @@ static void __exit wd_dummy_exit(void)
 {
 	wd_dummy_del_devices();
 	platform_driver_unregister(&wd_dummy_driver);
-	debugfs_remove_recursive(wd_dummy_debugfs);
 }
 
 module_init(wd_dummy_init);

@@ -12,6 +12,7 @@
 #define _WD_DUMMY_H
 
 #include <linux/list.h>
+#include <linux/mutex.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
 #include <linux/wait.h>
@@ -23,7 +24,8 @@
 #define WD_DUMMY_CHUNK		(64 * 1024)	/* bytes moved per step */
 #define WD_DUMMY_BATCH		16	/* descriptors fetched at once */
 
-/* Tunables (module parameters, dummy_accel.c). */
+/* Module parameters (dummy_accel.c) the engine and algorithms read. */
+extern bool wd_dummy_dma_api;
 extern unsigned int wd_dummy_poll_idle_us;
 extern unsigned int wd_dummy_poll_max_us;
 extern unsigned int wd_dummy_stall_us;
@@ -63,6 +65,7 @@ struct wd_dummy_scratch {
  * there for the engine to let go of the queue.  @watchdog runs in a
  * kworker; it is cancelled (sync) before the engines are stopped.
  * @nr_streams and @stream_bytes are atomics: zlib streams of all queues.
+ * @bench_lock serialises selfbench runs and guards @bench_result.
  */
 struct wd_dummy_dev {
 	struct platform_device *pdev;
@@ -82,7 +85,8 @@ struct wd_dummy_dev {
 	struct delayed_work watchdog;
 	atomic_t nr_streams;
 	atomic_long_t stream_bytes;
-	struct dentry *dbg;
+	struct mutex bench_lock;	/* one selfbench at a time */
+	char bench_result[96];		/* under @bench_lock */
 };
 
 /* Where a queue stands with the engine; see dummy_engine.c. */
@@ -119,6 +123,7 @@ struct wd_dummy_queue {
 	u64 window_ns;			/* adaptive polling window */
 	u32 max_streams;
 	struct wd_dummy_zstream **streams;	/* [max_streams] */
+	struct page *db_page;		/* own_doorbell: the queue's doorbell */
 };
 
 /* dummy_engine.c */

@@ -20,6 +20,9 @@
 
 #include <crypto/sha2.h>
 #include <linux/crc32.h>
+#include <linux/dma-mapping.h>
+#include <linux/highmem.h>
+#include <linux/mem_encrypt.h>
 #include <linux/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
@@ -56,26 +59,100 @@ struct wd_dummy_io {
 	u16 cflags;	/* WD_CF_* */
 };
 
+/*
+ * dma_api mode: the engine plays a DMA device.  A piece of the request's
+ * memory is mapped with wd_queue_dma_map() for the platform device and
+ * reached through its DMA addresses only, each turned back into the page it
+ * names (no IOMMU in front of this device: dma-direct, perhaps a swiotlb
+ * bounce buffer, which the unmap copies back).  Pieces are at most
+ * WD_DUMMY_CHUNK bytes, so a request pins little at a time.
+ */
+static void wd_dummy_dev_access(dma_addr_t addr, void *buf, u32 len,
+				bool to_mem)
+{
+	phys_addr_t phys = __sme_clr(addr);
+
+	while (len) {
+		u32 off = offset_in_page(phys);
+		u32 n = min_t(u32, len, PAGE_SIZE - off);
+		void *kaddr = kmap_local_page(pfn_to_page(PHYS_PFN(phys)));
+
+		if (to_mem)
+			memcpy(kaddr + off, buf, n);
+		else
+			memcpy(buf, kaddr + off, n);
+		kunmap_local(kaddr);
+		phys += n;
+		buf += n;
+		len -= n;
+	}
+}
+
+static int wd_dummy_dma_copy(struct wd_queue *q, u64 addr, void *buf, u32 n,
+			     bool to_mem)
+{
+	struct wd_dma_map *map;
+	struct scatterlist *sg;
+	u32 done = 0;
+	int i;
+
+	if (!n)
+		return 0;
+	map = wd_queue_dma_map(q, addr, n,
+			       to_mem ? DMA_FROM_DEVICE : DMA_TO_DEVICE);
+	if (IS_ERR(map))
+		return PTR_ERR(map);
+	for_each_sgtable_dma_sg(&map->sgt, sg, i) {
+		wd_dummy_dev_access(sg_dma_address(sg), buf + done,
+				    sg_dma_len(sg), to_mem);
+		done += sg_dma_len(sg);
+	}
+	wd_queue_dma_unmap(q, map);
+	return 0;
+}
+
+/* @n bytes of a queue's memory at @addr to or from @buf: a WD_STS_*. */
+static int wd_dummy_user_copy(struct wd_queue *q, u64 addr, void *buf, u32 n,
+			      bool to_mem)
+{
+	int ret;
+
+	if (wd_dummy_dma_api)
+		ret = wd_dummy_dma_copy(q, addr, buf, n, to_mem);
+	else if (to_mem)
+		ret = wd_queue_write(q, addr, buf, n);
+	else
+		ret = wd_queue_read(q, addr, buf, n);
+	if (!ret)
+		return WD_STS_OK;
+	return ret == -ENOMEM ? WD_STS_NOMEM : WD_STS_BAD_ADDR;
+}
+
+/* Bytes @off.. of the input: a WD_STS_*. */
 static int io_read(struct wd_dummy_io *io, u32 off, void *buf, u32 n)
 {
 	if (!io->q) {
 		memcpy(buf, io->ksrc + off, n);
-		return 0;
+		return WD_STS_OK;
 	}
-	return wd_queue_read(io->q, io->src + off, buf, n);
+	return wd_dummy_user_copy(io->q, io->src + off, buf, n, false);
 }
 
 /* Append to the output; WD_STS_NOSPC when dst is too small. */
 static int io_write(struct wd_dummy_io *io, const void *buf, u32 n)
 {
+	int sts = WD_STS_OK;
+
 	if (n > io->dst_len - io->out_len)
 		return WD_STS_NOSPC;
 	if (!io->q)
 		memcpy(io->kdst + io->out_len, buf, n);
-	else if (wd_queue_write(io->q, io->dst + io->out_len, buf, n))
-		return WD_STS_BAD_ADDR;
-	io->out_len += n;
-	return WD_STS_OK;
+	else
+		sts = wd_dummy_user_copy(io->q, io->dst + io->out_len,
+					 (void *)buf, n, true);
+	if (!sts)
+		io->out_len += n;
+	return sts;
 }
 
 /* Between two steps: let others run, and stop if we are told to. */
@@ -95,9 +172,9 @@ static int wd_dummy_memcpy(struct wd_dummy_scratch *s, struct wd_dummy_io *io)
 
 	for (off = 0; off < io->src_len; off += n) {
 		n = min_t(u32, io->src_len - off, WD_DUMMY_CHUNK);
-		if (io_read(io, off, s->in, n))
-			return WD_STS_BAD_ADDR;
-		sts = io_write(io, s->in, n);
+		sts = io_read(io, off, s->in, n);
+		if (!sts)
+			sts = io_write(io, s->in, n);
 		if (!sts)
 			sts = wd_dummy_step();
 		if (sts)
@@ -116,8 +193,9 @@ static int wd_dummy_crc32c(struct wd_dummy_scratch *s, struct wd_dummy_io *io,
 
 	for (off = 0; off < io->src_len; off += n) {
 		n = min_t(u32, io->src_len - off, WD_DUMMY_CHUNK);
-		if (io_read(io, off, s->in, n))
-			return WD_STS_BAD_ADDR;
+		sts = io_read(io, off, s->in, n);
+		if (sts)
+			return sts;
 		crc = __crc32c_le(crc, s->in, n);
 		sts = wd_dummy_step();
 		if (sts)
@@ -163,8 +241,10 @@ static int wd_dummy_sha256(struct wd_dummy_scratch *s, struct wd_dummy_io *io,
 
 	if (desc->flags & WD_DF_CONT) {
 		/* The state is the caller's data: only the magic is checked. */
-		if (wd_queue_read(io->q, desc->ctx, &ctx, sizeof(ctx)))
-			return WD_STS_BAD_ADDR;
+		sts = wd_dummy_user_copy(io->q, desc->ctx, &ctx, sizeof(ctx),
+					 false);
+		if (sts)
+			return sts;
 		if (ctx.magic != WD_SHA256_CTX_MAGIC)
 			return WD_STS_BAD_CHAIN;
 		wd_dummy_sha256_import(&st, &ctx);
@@ -173,8 +253,9 @@ static int wd_dummy_sha256(struct wd_dummy_scratch *s, struct wd_dummy_io *io,
 	}
 	for (off = 0; off < io->src_len; off += n) {
 		n = min_t(u32, io->src_len - off, WD_DUMMY_CHUNK);
-		if (io_read(io, off, s->in, n))
-			return WD_STS_BAD_ADDR;
+		sts = io_read(io, off, s->in, n);
+		if (sts)
+			return sts;
 		sha256_update(&st, s->in, n);
 		sts = wd_dummy_step();
 		if (sts)
@@ -182,9 +263,8 @@ static int wd_dummy_sha256(struct wd_dummy_scratch *s, struct wd_dummy_io *io,
 	}
 	if (desc->flags & WD_DF_MORE) {
 		wd_dummy_sha256_export(&ctx, &st);
-		if (wd_queue_write(io->q, desc->ctx, &ctx, sizeof(ctx)))
-			return WD_STS_BAD_ADDR;
-		return WD_STS_OK;
+		return wd_dummy_user_copy(io->q, desc->ctx, &ctx, sizeof(ctx),
+					  true);
 	}
 	sha256_final(&st, digest);
 	sts = io_write(io, digest, sizeof(digest));
@@ -192,9 +272,8 @@ static int wd_dummy_sha256(struct wd_dummy_scratch *s, struct wd_dummy_io *io,
 		return sts;
 	/* The chain is over: a stale context cannot be continued. */
 	ctx.magic = 0;
-	if (wd_queue_write(io->q, desc->ctx, &ctx.magic, sizeof(ctx.magic)))
-		return WD_STS_BAD_ADDR;
-	return WD_STS_OK;
+	return wd_dummy_user_copy(io->q, desc->ctx, &ctx.magic,
+				  sizeof(ctx.magic), true);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -320,8 +399,9 @@ static int wd_dummy_zrun(struct wd_dummy_scratch *s, struct z_stream_s *zs,
 		if (!zs->avail_in && fed < io->src_len) {
 			u32 n = min_t(u32, io->src_len - fed, WD_DUMMY_CHUNK);
 
-			if (io_read(io, fed, s->in, n))
-				return WD_STS_BAD_ADDR;
+			sts = io_read(io, fed, s->in, n);
+			if (sts)
+				return sts;
 			zs->next_in = s->in;
 			zs->avail_in = n;
 			fed += n;

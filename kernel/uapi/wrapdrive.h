@@ -104,7 +104,9 @@
  *                        the device, not writable where it must be, or
  *                        lying in any WrapDrive queue's own regions
  *     WD_STS_BAD_CHAIN   a sha256 context without WD_SHA256_CTX_MAGIC
- *     WD_STS_NOMEM       the device is out of stream memory; retry later
+ *     WD_STS_NOMEM       the device is out of stream memory, or of memory
+ *                        it may pin for the request (RLIMIT_MEMLOCK, see
+ *                        "Memory"); retry later
  *     WD_STS_NOSPC       the output does not fit in dst (one-shot zlib)
  *     WD_STS_BAD_DATA    corrupt input (inflate)
  *   On any status but WD_STS_OK, out_len and result are 0, and dst (and a
@@ -199,13 +201,16 @@
  *   dropped, WD_Q_DEAD is set in hdr.status and the eventfd is signalled.
  *   The mappings stay valid (reads and writes never fault, the device no
  *   longer looks at them), so a user notices on its next look at
- *   hdr.status.  ioctls, read and write then fail with ENODEV; munmap and
- *   close() work.  Unbinding the device, or removing the mdev, blocks
- *   until every user has closed the queue's device fd and unmapped its
- *   regions; while it waits the device sets WD_Q_RELEASE (a queue being
- *   removed is also dead) and signals the eventfd, asking the owner to
- *   close the queue.  rmmod of the driver
- *   fails with EAGAIN (module in use) while any of its queues is open.
+ *   hdr.status.  A driver that serves the doorbell from a page of its own
+ *   (real hardware: an MMIO page) lets it go; the doorbell mapping then
+ *   shows a scratch page of the queue instead.  ioctls, read and write
+ *   then fail with ENODEV, and so does a new mmap; munmap and close()
+ *   work.  Unbinding the device, or removing the mdev, blocks until every
+ *   user has closed the queue's device fd and unmapped its regions; while
+ *   it waits the device sets WD_Q_RELEASE (a queue being removed is also
+ *   dead) and signals the eventfd, asking the owner to close the queue.
+ *   rmmod of the driver, and of wrapdrive, fails with EAGAIN (module in
+ *   use) while any of its queues is open.
  *
  * VFIO_DEVICE_RESET stops the queue, drops every request not yet
  * completed (no completion is posted for them: the caller of the reset
@@ -217,10 +222,26 @@
  * Memory
  *   Buffers are IOVAs mapped with VFIO_IOMMU_MAP_DMA (read-write for dst
  *   and the sha256 context), or process virtual addresses on a
- *   WD_CAPA_SHARE_ALL queue.  VFIO_IOMMU_UNMAP_DMA always wins promptly: a
- *   request using the range when it is unmapped completes with
- *   WD_STS_BAD_ADDR.  The device reads and writes user memory only while
- *   it executes a request.
+ *   WD_CAPA_SHARE_ALL queue.  Device mappings are never buffers: a range
+ *   that lies in any WrapDrive queue's own regions (or any other mapping
+ *   of device memory, VM_PFNMAP or VM_IO) gets WD_STS_BAD_ADDR.  The device
+ *   reads and writes user memory only while it executes a request.
+ *   VFIO_IOMMU_UNMAP_DMA always wins promptly: it waits for the piece of
+ *   a request being copied at that moment (at most 128 KiB), or for the
+ *   driver to release a DMA mapping of the range, never for whole
+ *   requests; a request that touches the range after that completes with
+ *   WD_STS_BAD_ADDR.  The range may be mapped again at once, at the same
+ *   IOVA, and used by the next requests.
+ *   With only emulated devices in the container, pinned pages are charged
+ *   to the RLIMIT_MEMLOCK of the process that mapped them.  A queue whose
+ *   owner has CAP_IPC_LOCK keeps up to 16 MiB of pages pinned (until they
+ *   are unmapped, the queue is reset or closed); any other owner is
+ *   charged only while a request runs, a little at a time, and a request
+ *   that finds no budget left still completes, by copies that pin
+ *   nothing: every valid request works with the default limit, and the
+ *   budget a process locks for itself stays its own.  A driver that DMAs
+ *   (wd_queue_dma_map()) must pin: it maps at most 64 KiB of a request at
+ *   a time, and WD_STS_NOMEM says the limit left no room even for that.
  *
  * fork and exit
  *   The regions are mapped VM_DONTCOPY, so a child has no mapping of its

@@ -134,10 +134,13 @@ def desc(tag=0, opcode=WD_OP_NOP, src=0, src_len=0, dst=0, dst_len=0, **extra): 
 class Queue:
     """An opened queue: container, group and device fds, mapped regions."""
 
-    def __init__(self, parent="wd_dummy.0", tname="crc32c", mdev=None):
+    def __init__(self, parent="wd_dummy.0", tname="crc32c", mdev=None, container=None):
+        """container: another Queue whose VFIO container this queue joins
+        (its group is added to it; the IOMMU is already set)."""
         self.parent = parent
         self.own_mdev = mdev is None
         self.uuid = mdev or create_mdev(parent, tname)
+        self.shares = container
         self.fds = []
         self.maps = []
         self.bufs = []
@@ -151,11 +154,15 @@ class Queue:
 
     def _open(self):
         grp = os.path.basename(os.readlink(f"{MDEV_DEVICES}/{self.uuid}/iommu_group"))
-        self.container = os.open("/dev/vfio/vfio", os.O_RDWR)
+        if self.shares is not None:
+            self.container = os.dup(self.shares.container)
+        else:
+            self.container = os.open("/dev/vfio/vfio", os.O_RDWR)
         self.group = os.open(f"/dev/vfio/{grp}", os.O_RDWR)
         fd = ctypes.c_int(self.container)
         ioctl(self.group, VFIO_GROUP_SET_CONTAINER, ctypes.pointer(fd))  # noqa: F821
-        ioctl(self.container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)  # noqa: F821
+        if self.shares is None:
+            ioctl(self.container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)  # noqa: F821
         self.dev = ioctl(self.group, VFIO_GROUP_GET_DEVICE_FD,  # noqa: F821
                          ctypes.c_char_p(self.uuid.encode()))
         self.regions = [self.region_info(i) for i in range(WD_NUM_REGIONS)]  # noqa: F821
@@ -171,7 +178,8 @@ class Queue:
         self.max_streams = hdr["max_streams"]
         self.sq_tail = 0
         self.cq_head = 0
-        self.next_iova = 1 << 20
+        # Queues sharing a container take IOVAs from disjoint windows.
+        self.next_iova = (1 << 20) + (len(_container_users(self.shares)) << 36)
 
     # -- VFIO --
     def region_info(self, index, argsz=32):
@@ -287,6 +295,15 @@ class Queue:
         self.close()
 
 
+def _container_users(q):
+    """Queues that share q's container, q first (empty for None)."""
+    out = []
+    while q is not None:
+        out.append(q)
+        q = q.shares
+    return out
+
+
 def errno_of(fn, *args, **kw):
     """Run fn, return the errno it raised (0 if none)."""
     try:
@@ -297,7 +314,7 @@ def errno_of(fn, *args, **kw):
 
 
 # -- wd_dummy's own knobs and counters ------------------------------------------
-DUMMY_DEBUGFS = "/sys/kernel/debug/wd_dummy"
+DUMMY_DEBUGFS = DEBUGFS  # the sample adds its files to its accelerator's directory
 DUMMY_PARAMS = "/sys/module/wd_dummy/parameters"
 
 
