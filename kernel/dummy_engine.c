@@ -480,6 +480,14 @@ static int wd_dummy_engine_add(struct wd_dummy_dev *d)
 		set_cpus_allowed_ptr(task, cpumask_of(d->cpu));
 
 	spin_lock(&d->lock);
+	if (d->stopping) {
+		/* The watchdog lost the race with wd_dummy_engine_fini(). */
+		spin_unlock(&d->lock);
+		kthread_stop(task);	/* never woken: threadfn never runs */
+		put_task_struct(task);
+		ret = -ENODEV;
+		goto err_scratch;
+	}
 	list_add_tail(&e->node, &d->engines);
 	d->nr_engines++;
 	spin_unlock(&d->lock);
