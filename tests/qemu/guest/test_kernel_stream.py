@@ -445,11 +445,12 @@ def test_streams_are_freed_on_close_reset_and_death():
         assert kv.dummy_dbg(DEV, "streams") == 2
     assert kv.dummy_dbg(DEV, "streams") == 0
     # A process that dies mid-stream leaves nothing behind.
+    u = kv.create_mdev(DEV, "zlib")
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            q = kv.Queue(DEV, "zlib")
+            q = kv.Queue(mdev=u)
             start_streams(q, stream_source(q, data), 4)
             os.write(w, b"x")
             time.sleep(120)
@@ -465,6 +466,7 @@ def test_streams_are_freed_on_close_reset_and_death():
         os.close(r)
     assert kv.dummy_dbg(DEV, "streams") == 0
     assert kv.dummy_dbg(DEV, "stream_bytes") == 0
+    kv.remove_mdev(u)
 
 
 def test_stream_memory_is_bounded_per_device():
