@@ -59,7 +59,7 @@ static int engine_cpus[WD_DUMMY_MAX_DEVS] = {
 
 static unsigned int nr_engine_cpus;
 module_param_array(engine_cpus, int, &nr_engine_cpus, 0444);
-MODULE_PARM_DESC(engine_cpus, "CPU of each device's engine threads: -1 the default (the last CPU of the device's NUMA node), -2 not pinned");
+MODULE_PARM_DESC(engine_cpus, "CPU of each device's engine threads: -1 the default (the last CPU of the device's NUMA node, or of the nearest other node when it has only one), -2 not pinned");
 
 static unsigned int max_queues = WD_DUMMY_MAX_QUEUES;
 module_param(max_queues, uint, 0444);
@@ -389,18 +389,33 @@ static void wd_dummy_debugfs_init(struct wd_dummy_dev *d)
 /* ---------------------------------------------------------------------- */
 /* Platform driver */
 
-/* Where device @idx on NUMA node @node runs its engine; -1: anywhere. */
+/*
+ * Where device @idx on NUMA node @node runs its engine threads; -1: where
+ * the scheduler likes.  A hardware engine is beside the CPUs, not on one of
+ * them; the software one should at least not sit on its callers' CPU.  The
+ * userlib opens the device nearest its caller, so this device's callers run
+ * on its node: the engine takes the node's last CPU when the node has more
+ * than one, else (one CPU per node, as in the test guests) the last CPU of
+ * the nearest other node.
+ */
 static int wd_dummy_engine_cpu(unsigned int idx, int node)
 {
-	int cpu = engine_cpus[idx];
+	int cpu = engine_cpus[idx], n, near = NUMA_NO_NODE;
 
 	if (cpu == WD_DUMMY_CPU_ANY)
 		return -1;
 	if (cpu >= 0)
 		return cpu;
-	/* The last CPU of the device's node: callers tend to start low. */
-	if (node != NUMA_NO_NODE)
-		cpu = cpumask_last(cpumask_of_node(node));
+	if (node != NUMA_NO_NODE && nr_cpus_node(node) == 1) {
+		for_each_node_with_cpus(n)
+			if (n != node && (near == NUMA_NO_NODE ||
+					  node_distance(node, n) <
+					  node_distance(node, near)))
+				near = n;
+	}
+	if (near == NUMA_NO_NODE)
+		near = node;
+	cpu = near == NUMA_NO_NODE ? -1 : cpumask_last(cpumask_of_node(near));
 	if (cpu < 0 || cpu >= nr_cpu_ids || !cpu_online(cpu))
 		cpu = cpumask_last(cpu_online_mask);
 	return cpu;

@@ -39,7 +39,6 @@
 #include <linux/ktime.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
-#include <linux/sched/stat.h>
 #include <linux/sched/task.h>
 #include <linux/slab.h>
 
@@ -321,13 +320,17 @@ static bool wd_dummy_serve(struct wd_dummy_engine *e, struct wd_dummy_queue *dq)
 }
 
 /*
- * Keep polling a queue that had nothing to do?  Only inside its window,
- * and only while nothing else wants this CPU (a caller sharing it).
+ * Keep polling a queue that had nothing to do?  Inside its window, yes,
+ * even when another task wants this CPU: like io_uring's SQPOLL thread, the
+ * engine gives the CPU up only through cond_resched().  Yielding to a
+ * caller that landed on our CPU would hide it from the load balancer (it
+ * never waits) and keep the two together, a kick per request; kept
+ * waiting, an unpinned caller is moved to an idle CPU.  The price: a
+ * caller pinned to the engine's CPU waits for CFS each time.  Do not.
  */
 static bool wd_dummy_keep_polling(struct wd_dummy_queue *dq)
 {
-	return ktime_get_ns() - dq->last_work_ns < dq->window_ns &&
-	       single_task_running();
+	return ktime_get_ns() - dq->last_work_ns < dq->window_ns;
 }
 
 /*
