@@ -47,12 +47,16 @@ struct wd_queue;
  * @algo_type: algorithm string shown in capabilities/algo_type
  * @flags: WD_CAPA_* / WD_WEAK_ORDER bits shown in capabilities/flags
  * @max_queues: maximum number of queues of this type (0: device limit)
+ * @max_streams: stream slots of each queue of this type, for algorithms
+ *	whose chained state the driver keeps (zlib); user space reads it in
+ *	wd_ring_hdr.max_streams.  0: none.
  */
 struct wd_capa {
 	const char *sysfs_name;
 	const char *algo_type;
 	u32 flags;
 	u32 max_queues;
+	u32 max_streams;
 };
 
 /**
