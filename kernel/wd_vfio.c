@@ -436,9 +436,17 @@ static void wd_set_masked(struct wd_queue *q, bool masked)
 	spin_lock_irqsave(&q->irq_lock, flags);
 	q->irq_masked = masked;
 	spin_unlock_irqrestore(&q->irq_lock, flags);
-	/* A request that arrived while masked is served at unmask. */
-	if (!masked && READ_ONCE(q->hdr->cq_tail) != READ_ONCE(q->db->cq_head))
+	if (masked)
+		return;
+	/*
+	 * A request that arrived while masked is served at unmask.  The
+	 * doorbell may be the driver's page: look at it only while served.
+	 */
+	mutex_lock(&q->lock);
+	if (q->serving &&
+	    READ_ONCE(q->hdr->cq_tail) != READ_ONCE(q->db->cq_head))
 		wd_queue_notify(q);
+	mutex_unlock(&q->lock);
 }
 
 static int wd_ioctl_set_irqs(struct wd_queue *q, void __user *arg)
