@@ -79,7 +79,6 @@ static void wd_mm_exited(struct work_struct *work)
 	struct wd_queue *q = container_of(work, struct wd_queue, mm_exit_work);
 
 	mutex_lock(&q->lock);
-	q->mm_gone = true;
 	wd_queue_kill_locked(q, 0);
 	mutex_unlock(&q->lock);
 	dev_dbg(mdev_dev(q->mdev), "owner's address space exited: queue dead\n");
@@ -607,7 +606,6 @@ static int wd_vfio_open(struct vfio_device *vdev)
 		goto err_module;
 	q->mm = current->mm;
 	mmgrab(q->mm);
-	q->mm_gone = false;
 	/*
 	 * Pins are charged to RLIMIT_MEMLOCK (type1 with only emulated
 	 * devices): cache them only for an owner the limit does not bind.
