@@ -111,7 +111,7 @@ struct wd_dummy_scratch {
  * struct wd_dummy_dev - one device and its engine.
  * Locking: @lock protects @queues; the engine holds it for a whole polling
  * round, so once queue_close has taken it the queue is no longer in use.
- * WrapDrive calls queue_open/queue_close with its accel lock held (taken
+ * WrapDrive calls queue_open/queue_close with the queue lock held (taken
  * before @lock).  @kicked and @wq wake the engine; @scratch and @batch
  * belong to the engine thread.  @bench_lock serialises selfbench runs and
  * guards @bench_result.
