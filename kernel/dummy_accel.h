@@ -61,8 +61,11 @@ struct wd_dummy_scratch {
  * @engines, @sleepers, @retired, @nr_engines, @stopping, every engine's
  * @cur and @since, and the scheduling fields of every queue (state, node,
  * engine, kicked, closing) as well as the WrapDrive queue's priv pointer.
- * It is never held while a request runs.  @release_wq: queue_close waits
- * there for the engine to let go of the queue.  @watchdog runs in a
+ * It is never held while a request runs.  WrapDrive calls queue_open,
+ * queue_close and kick with its queue lock held, which comes before @lock;
+ * the engine threads never take the queue lock (no WrapDrive helper they
+ * call does), so queue_close may wait for them.  @release_wq: queue_close
+ * waits there for the engine to let go of the queue.  @watchdog runs in a
  * kworker; it is cancelled (sync) before the engines are stopped.
  * @nr_streams and @stream_bytes are atomics: zlib streams of all queues.
  * @bench_lock serialises selfbench runs and guards @bench_result.

@@ -138,7 +138,7 @@ struct wd_mm_watch;
  * struct wd_queue - one queue: an mdev and its VFIO device.
  *
  * Locking:
- * @lock: @state, @serving, @mm_gone, the ring contents outside the engine,
+ * @lock: @state, @serving, the ring contents outside the engine,
  *	the driver doorbell (@drv_db, @has_drv_db, @db) and every call of the
  *	driver's ops.  The regions (@own_db, @cqr, @sq) exist from open to
  *	close: a mapping holds the device file, so they outlive every mapping
@@ -166,7 +166,6 @@ struct wd_queue {
 	struct mutex lock;		/* state; see above */
 	enum wd_queue_state state;
 	bool serving;
-	bool mm_gone;
 	bool cache_pins;
 	struct mm_struct *mm;
 	struct wd_mm_watch *mm_watch;

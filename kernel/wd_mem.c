@@ -556,8 +556,12 @@ struct wd_dma_map *wd_queue_dma_map(struct wd_queue *q, u64 addr, u32 len,
 	ret = map->iova ? wd_dma_pin_iova(q, map) : wd_dma_pin_sva(q, map);
 	if (ret)
 		goto err_unlock;
-	ret = sg_alloc_table_from_pages(&map->sgt, map->pages, map->npages,
-					offset_in_page(addr), len, GFP_KERNEL);
+	/* Segments no longer than the device takes (64 KiB by default). */
+	ret = sg_alloc_table_from_pages_segment(&map->sgt, map->pages,
+						map->npages,
+						offset_in_page(addr), len,
+						dma_get_max_seg_size(q->accel->dev),
+						GFP_KERNEL);
 	if (ret)
 		goto err_unpin;
 	ret = dma_map_sgtable(q->accel->dev, &map->sgt, dir, 0);

@@ -128,7 +128,7 @@ EXPORT_SYMBOL_GPL(wd_queue_fetch);
 void wd_queue_post(struct wd_queue *q, const struct wd_cqe *cqe)
 {
 	/* Only a fetched, not yet completed descriptor can complete. */
-	if (WARN_ON_ONCE(q->cq_tail == q->sq_head))
+	if (WARN_ON_ONCE(q->cq_tail == q->sq_head || !READ_ONCE(q->serving)))
 		return;
 	memcpy(&q->cq[q->cq_tail & (q->entries - 1)], cqe, sizeof(*cqe));
 	q->cq_tail++;
@@ -167,6 +167,9 @@ EXPORT_SYMBOL_GPL(wd_queue_notify);
 
 void wd_queue_set_idle(struct wd_queue *q, bool idle)
 {
+	/* After queue_close the status is WrapDrive's (WD_Q_DEAD). */
+	if (WARN_ON_ONCE(!READ_ONCE(q->serving)))
+		return;
 	if (idle)
 		q->status |= WD_Q_ENGINE_IDLE;
 	else

@@ -79,7 +79,6 @@ static void wd_mm_exited(struct work_struct *work)
 	struct wd_queue *q = container_of(work, struct wd_queue, mm_exit_work);
 
 	mutex_lock(&q->lock);
-	q->mm_gone = true;
 	wd_queue_kill_locked(q, 0);
 	mutex_unlock(&q->lock);
 	dev_dbg(mdev_dev(q->mdev), "owner's address space exited: queue dead\n");
@@ -436,9 +435,17 @@ static void wd_set_masked(struct wd_queue *q, bool masked)
 	spin_lock_irqsave(&q->irq_lock, flags);
 	q->irq_masked = masked;
 	spin_unlock_irqrestore(&q->irq_lock, flags);
-	/* A request that arrived while masked is served at unmask. */
-	if (!masked && READ_ONCE(q->hdr->cq_tail) != READ_ONCE(q->db->cq_head))
+	if (masked)
+		return;
+	/*
+	 * A request that arrived while masked is served at unmask.  The
+	 * doorbell may be the driver's page: look at it only while served.
+	 */
+	mutex_lock(&q->lock);
+	if (q->serving &&
+	    READ_ONCE(q->hdr->cq_tail) != READ_ONCE(q->db->cq_head))
 		wd_queue_notify(q);
+	mutex_unlock(&q->lock);
 }
 
 static int wd_ioctl_set_irqs(struct wd_queue *q, void __user *arg)
@@ -599,7 +606,6 @@ static int wd_vfio_open(struct vfio_device *vdev)
 		goto err_module;
 	q->mm = current->mm;
 	mmgrab(q->mm);
-	q->mm_gone = false;
 	/*
 	 * Pins are charged to RLIMIT_MEMLOCK (type1 with only emulated
 	 * devices): cache them only for an owner the limit does not bind.

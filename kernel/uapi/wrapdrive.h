@@ -214,8 +214,9 @@
  *
  * VFIO_DEVICE_RESET stops the queue, drops every request not yet
  * completed (no completion is posted for them: the caller of the reset
- * owns their fate), frees its zlib streams, zeroes the doorbell, sets all
- * four indices back to 0 and starts it again.  WD_STS_ABORTED is for a
+ * owns their fate), frees its zlib streams, unpins every page it kept
+ * pinned, zeroes the doorbell, sets all four indices back to 0 and starts
+ * it again.  A queue its driver cannot start again is dead (ENODEV).  WD_STS_ABORTED is for a
  * driver that ends a request early in other cases (its own error
  * handling); a request it has taken always completes.
  *
