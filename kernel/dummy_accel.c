@@ -1,36 +1,43 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * wd_dummy: a software accelerator on top of WrapDrive, the sample a vendor
- * driver copies.  Each device is a platform device with one engine thread
- * that polls its open queues NAPI-style and really does the work: memcpy,
- * crc32c, sha256 and zlib deflate/inflate.
+ * driver copies.  This file is the driver proper: module parameters, one
+ * platform device per accelerator, its capabilities (one mdev type each),
+ * and the WrapDrive ops: queue_open, queue_close, kick; two optional modes
+ * show what a hardware driver does differently (own_doorbell, dma_api).  The engine that
+ * serves the queues is in dummy_engine.c, the algorithms in dummy_algs.c;
+ * a hardware driver would start its engine in queue_open, ring it in
+ * kick, and stop it in queue_close.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
-#include <crypto/sha2.h>
-#include <linux/crc32.h>
-#include <linux/kthread.h>
+#include <linux/cpumask.h>
+#include <linux/debugfs.h>
+#include <linux/dma-mapping.h>
+#include <linux/fs.h>
+#include <linux/iommu.h>
 #include <linux/ktime.h>
 #include <linux/log2.h>
 #include <linux/module.h>
-#include <linux/mutex.h>
+#include <linux/moduleparam.h>
 #include <linux/platform_device.h>
 #include <linux/random.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
-#include <linux/sort.h>
+#include <linux/topology.h>
+#include <linux/uaccess.h>
 #include <linux/vmalloc.h>
-#include <linux/wait.h>
-#include <linux/zlib.h>
 
-#include "wrapdrive.h"
+#include "dummy_accel.h"
 
-#define WD_DUMMY_NAME		"wd_dummy"
 #define WD_DUMMY_MAX_DEVS	16
 #define WD_DUMMY_MAX_QUEUES	4096
-#define WD_DUMMY_CHUNK		(64 * 1024)
-#define WD_DUMMY_BUDGET		64	/* descriptors per queue per round */
-#define WD_DUMMY_SLEEP_MS	5	/* safety net against a lost kick */
+#define WD_DUMMY_MAX_STREAMS	1024
+#define WD_DUMMY_CPU_AUTO	(-1)	/* engine_cpus: the default place */
+#define WD_DUMMY_CPU_ANY	(-2)	/* engine_cpus: not pinned */
+
+/* ---------------------------------------------------------------------- */
+/* Module parameters */
 
 static unsigned int nr_devices = 2;
 module_param(nr_devices, uint, 0444);
@@ -46,6 +53,14 @@ static unsigned int nr_priorities;
 module_param_array(priorities, int, &nr_priorities, 0444);
 MODULE_PARM_DESC(priorities, "priority of each device (default 10,20)");
 
+static int engine_cpus[WD_DUMMY_MAX_DEVS] = {
+	[0 ... WD_DUMMY_MAX_DEVS - 1] = WD_DUMMY_CPU_AUTO
+};
+
+static unsigned int nr_engine_cpus;
+module_param_array(engine_cpus, int, &nr_engine_cpus, 0444);
+MODULE_PARM_DESC(engine_cpus, "CPU of each device's engine threads: -1 the default (the last CPU of the device's NUMA node, or of the nearest other node when it has only one), -2 not pinned");
+
 static unsigned int max_queues = WD_DUMMY_MAX_QUEUES;
 module_param(max_queues, uint, 0444);
 MODULE_PARM_DESC(max_queues, "queues per device, all types together (1..4096, default 4096)");
@@ -54,13 +69,71 @@ static unsigned int ring_entries = 1024;
 module_param(ring_entries, uint, 0444);
 MODULE_PARM_DESC(ring_entries, "ring entries per queue, a power of two (2..65536, default 1024)");
 
-static unsigned int poll_idle_us = 200;
-module_param(poll_idle_us, uint, 0644);
-MODULE_PARM_DESC(poll_idle_us, "engine polls at least this long after the last request (default 200)");
+static unsigned int max_streams = 16;
+module_param(max_streams, uint, 0444);
+MODULE_PARM_DESC(max_streams, "zlib stream slots per zlib queue (1..1024, default 16)");
 
-static unsigned int poll_max_us = 10000;
-module_param(poll_max_us, uint, 0644);
-MODULE_PARM_DESC(poll_max_us, "upper bound of the adaptive polling window (default 10000)");
+static bool own_doorbell;
+module_param(own_doorbell, bool, 0444);
+MODULE_PARM_DESC(own_doorbell, "serve each queue's doorbell from a page of the driver, as hardware with MMIO doorbells does (default off)");
+
+bool wd_dummy_dma_api;
+module_param_named(dma_api, wd_dummy_dma_api, bool, 0444);
+MODULE_PARM_DESC(dma_api, "reach request memory as a DMA device would: mapped with the DMA API, through DMA addresses (default off: CPU copies)");
+
+/* Tunables: writable, each within its bounds (wd_dummy_bounds). */
+unsigned int wd_dummy_poll_idle_us = 200;
+unsigned int wd_dummy_poll_max_us = 10000;
+unsigned int wd_dummy_stall_us = 10000;
+unsigned int wd_dummy_max_engines = 64;
+unsigned int wd_dummy_stream_mem_kb = 64 * 1024;
+
+static const struct wd_dummy_bound {
+	unsigned int *var;
+	unsigned int min;
+	unsigned int max;
+} wd_dummy_bounds[] = {
+	{ &wd_dummy_poll_idle_us, 0, USEC_PER_SEC },
+	{ &wd_dummy_poll_max_us, 0, USEC_PER_SEC },
+	{ &wd_dummy_stall_us, USEC_PER_MSEC, 60 * USEC_PER_SEC },
+	{ &wd_dummy_max_engines, 1, WD_DUMMY_MAX_QUEUES + 1 },
+	{ &wd_dummy_stream_mem_kb, 0, 4U << 20 },
+};
+
+static int wd_dummy_param_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(wd_dummy_bounds); i++)
+		if (kp->arg == wd_dummy_bounds[i].var)
+			return param_set_uint_minmax(val, kp,
+						     wd_dummy_bounds[i].min,
+						     wd_dummy_bounds[i].max);
+	return -EINVAL;
+}
+
+static const struct kernel_param_ops wd_dummy_bounded_ops = {
+	.set = wd_dummy_param_set,
+	.get = param_get_uint,
+};
+
+module_param_cb(poll_idle_us, &wd_dummy_bounded_ops, &wd_dummy_poll_idle_us,
+		0644);
+MODULE_PARM_DESC(poll_idle_us, "a queue is polled at least this long after its last request (0..1000000, default 200)");
+module_param_cb(poll_max_us, &wd_dummy_bounded_ops, &wd_dummy_poll_max_us,
+		0644);
+MODULE_PARM_DESC(poll_max_us, "upper bound of the adaptive polling window (0..1000000, default 10000)");
+module_param_cb(stall_us, &wd_dummy_bounded_ops, &wd_dummy_stall_us, 0644);
+MODULE_PARM_DESC(stall_us, "a request running this long while other queues wait gets the others a new engine thread (1000..60000000, default 10000)");
+module_param_cb(max_engines, &wd_dummy_bounded_ops, &wd_dummy_max_engines,
+		0644);
+MODULE_PARM_DESC(max_engines, "engine threads per device at most (1..4097, default 64)");
+module_param_cb(stream_mem_kb, &wd_dummy_bounded_ops, &wd_dummy_stream_mem_kb,
+		0644);
+MODULE_PARM_DESC(stream_mem_kb, "zlib stream memory per device in KiB (0..4194304, default 65536)");
+
+/* ---------------------------------------------------------------------- */
+/* Capabilities */
 
 static const struct wd_capa wd_dummy_capas[] = {
 	{ .sysfs_name = "memcpy", .algo_type = "memcpy" },
@@ -69,545 +142,81 @@ static const struct wd_capa wd_dummy_capas[] = {
 	{ .sysfs_name = "zlib", .algo_type = "zlib" },
 	{ .sysfs_name = "crc32c-weak", .algo_type = "crc32c",
 	  .flags = WD_WEAK_ORDER },
+	{ .sysfs_name = "sha256-weak", .algo_type = "sha256",
+	  .flags = WD_WEAK_ORDER },
+	{ .sysfs_name = "zlib-weak", .algo_type = "zlib",
+	  .flags = WD_WEAK_ORDER },
 	{ .sysfs_name = "sha256-sva", .algo_type = "sha256",
 	  .flags = WD_CAPA_SHARE_ALL },
 	{ .sysfs_name = "memcpy-sva", .algo_type = "memcpy",
 	  .flags = WD_CAPA_SHARE_ALL },
 };
 
-enum wd_dummy_algo {
-	WD_ALGO_MEMCPY,
-	WD_ALGO_CRC32C,
-	WD_ALGO_SHA256,
-	WD_ALGO_ZLIB,
+static const char *const wd_dummy_algo_names[] = {
+	[WD_ALGO_MEMCPY] = "memcpy",
+	[WD_ALGO_CRC32C] = "crc32c",
+	[WD_ALGO_SHA256] = "sha256",
+	[WD_ALGO_ZLIB] = "zlib",
 };
 
-/*
- * Scratch memory of one executor (the engine thread, or a selfbench run):
- * bounce buffers and zlib workspaces.  Owned by exactly one thread at a
- * time, so it needs no lock.
- */
-struct wd_dummy_scratch {
-	u8 *in;
-	u8 *out;
-	void *deflate_ws;
-	void *inflate_ws;
-};
+/* The engine's algorithm for an algo_type; -EINVAL if it has none. */
+static int wd_dummy_algo_of(const char *algo_type)
+{
+	int i;
 
-/*
- * struct wd_dummy_dev - one device and its engine.
- * Locking: @lock protects @queues; the engine holds it for a whole polling
- * round, so once queue_close has taken it the queue is no longer in use.
- * WrapDrive calls queue_open/queue_close with its accel lock held (taken
- * before @lock).  @kicked and @wq wake the engine; @scratch and @batch
- * belong to the engine thread.
- */
-struct wd_dummy_dev {
-	struct platform_device *pdev;
-	struct wd_accel *accel;
-	struct task_struct *engine;
-	struct mutex lock;		/* queues; held for a round */
-	struct list_head queues;
-	wait_queue_head_t wq;
-	atomic_t kicked;
-	struct wd_dummy_scratch scratch;
-	struct wd_desc batch[WD_DUMMY_BUDGET];
-};
-
-/* An open queue as the engine sees it; on wd_dummy_dev.queues. */
-struct wd_dummy_queue {
-	struct list_head node;
-	struct wd_queue *q;
-	enum wd_dummy_algo algo;
-	bool weak;
-};
+	for (i = 0; i < ARRAY_SIZE(wd_dummy_algo_names); i++)
+		if (!strcmp(algo_type, wd_dummy_algo_names[i]))
+			return i;
+	return -EINVAL;
+}
 
 static struct platform_device *wd_dummy_pdevs[WD_DUMMY_MAX_DEVS];
 
 /* ---------------------------------------------------------------------- */
-/* Algorithms, on queue buffers or on kernel buffers (selfbench) */
-
-/* Where a request's data lives: a queue's buffers or kernel memory. */
-struct wd_dummy_io {
-	struct wd_queue *q;
-	u64 src;
-	u64 dst;
-	const u8 *ksrc;
-	u8 *kdst;
-	u32 src_len;
-	u32 dst_len;
-	u32 out_len;
-	u32 result;	/* crc32c: the CRC; zlib: src bytes used */
-	u16 cflags;	/* WD_CF_* */
-	u32 seed;	/* crc32c: starting value */
-	int level;	/* deflate: zlib level */
-};
-
-static int io_read(struct wd_dummy_io *io, u32 off, void *buf, u32 n)
-{
-	if (!io->q) {
-		memcpy(buf, io->ksrc + off, n);
-		return 0;
-	}
-	return wd_queue_read(io->q, io->src + off, buf, n);
-}
-
-/* Append to the output; WD_STS_NOSPC when dst is too small. */
-static int io_write(struct wd_dummy_io *io, const void *buf, u32 n)
-{
-	if (n > io->dst_len - io->out_len)
-		return WD_STS_NOSPC;
-	if (!io->q)
-		memcpy(io->kdst + io->out_len, buf, n);
-	else if (wd_queue_write(io->q, io->dst + io->out_len, buf, n))
-		return WD_STS_BAD_ADDR;
-	io->out_len += n;
-	return WD_STS_OK;
-}
-
-static int wd_dummy_memcpy(struct wd_dummy_scratch *s, struct wd_dummy_io *io)
-{
-	u32 off, n;
-	int sts;
-
-	for (off = 0; off < io->src_len; off += n) {
-		n = min_t(u32, io->src_len - off, WD_DUMMY_CHUNK);
-		if (io_read(io, off, s->in, n))
-			return WD_STS_BAD_ADDR;
-		sts = io_write(io, s->in, n);
-		if (sts)
-			return sts;
-		cond_resched();
-	}
-	return WD_STS_OK;
-}
-
-/* CRC-32C continuing from io->seed, a previous result (0 to start). */
-static int wd_dummy_crc32c(struct wd_dummy_scratch *s, struct wd_dummy_io *io)
-{
-	u32 crc = ~io->seed;
-	u32 off, n;
-
-	for (off = 0; off < io->src_len; off += n) {
-		n = min_t(u32, io->src_len - off, WD_DUMMY_CHUNK);
-		if (io_read(io, off, s->in, n))
-			return WD_STS_BAD_ADDR;
-		crc = __crc32c_le(crc, s->in, n);
-		cond_resched();
-	}
-	io->result = ~crc;
-	return WD_STS_OK;
-}
-
-static int wd_dummy_sha256(struct wd_dummy_scratch *s, struct wd_dummy_io *io)
-{
-	struct sha256_state sctx;
-	u8 digest[SHA256_DIGEST_SIZE];
-	u32 off, n;
-
-	sha256_init(&sctx);
-	for (off = 0; off < io->src_len; off += n) {
-		n = min_t(u32, io->src_len - off, WD_DUMMY_CHUNK);
-		if (io_read(io, off, s->in, n))
-			return WD_STS_BAD_ADDR;
-		sha256_update(&sctx, s->in, n);
-		cond_resched();
-	}
-	sha256_final(&sctx, digest);
-	return io_write(io, digest, sizeof(digest));
-}
-
-static int wd_dummy_deflate(struct wd_dummy_scratch *s, struct wd_dummy_io *io)
-{
-	struct z_stream_s strm = { .workspace = s->deflate_ws };
-	u32 off = 0, n;
-	int flush, ret, sts = WD_STS_OK;
-
-	if (zlib_deflateInit2(&strm, io->level, Z_DEFLATED, MAX_WBITS,
-			      DEF_MEM_LEVEL, Z_DEFAULT_STRATEGY) != Z_OK)
-		return WD_STS_BAD_DATA;
-	do {
-		n = min_t(u32, io->src_len - off, WD_DUMMY_CHUNK);
-		if (io_read(io, off, s->in, n)) {
-			sts = WD_STS_BAD_ADDR;
-			break;
-		}
-		off += n;
-		flush = off == io->src_len ? Z_FINISH : Z_NO_FLUSH;
-		strm.next_in = s->in;
-		strm.avail_in = n;
-		do {
-			strm.next_out = s->out;
-			strm.avail_out = WD_DUMMY_CHUNK;
-			ret = zlib_deflate(&strm, flush);
-			if (ret != Z_OK && ret != Z_STREAM_END &&
-			    ret != Z_BUF_ERROR) {
-				sts = WD_STS_BAD_DATA;
-				break;
-			}
-			sts = io_write(io, s->out,
-				       WD_DUMMY_CHUNK - strm.avail_out);
-			if (sts)
-				break;
-			cond_resched();
-		} while (strm.avail_out == 0 ||
-			 (flush == Z_FINISH && ret != Z_STREAM_END));
-	} while (!sts && flush != Z_FINISH);
-	zlib_deflateEnd(&strm);
-	if (!sts)
-		io->result = io->src_len;
-	return sts;
-}
-
-static int wd_dummy_inflate(struct wd_dummy_scratch *s, struct wd_dummy_io *io)
-{
-	struct z_stream_s strm = { .workspace = s->inflate_ws };
-	int ret = Z_OK, sts = WD_STS_OK;
-	u32 off = 0, n;
-
-	if (zlib_inflateInit2(&strm, MAX_WBITS) != Z_OK)
-		return WD_STS_BAD_DATA;
-	while (off < io->src_len && ret != Z_STREAM_END) {
-		n = min_t(u32, io->src_len - off, WD_DUMMY_CHUNK);
-		if (io_read(io, off, s->in, n)) {
-			sts = WD_STS_BAD_ADDR;
-			break;
-		}
-		off += n;
-		strm.next_in = s->in;
-		strm.avail_in = n;
-		do {
-			strm.next_out = s->out;
-			strm.avail_out = WD_DUMMY_CHUNK;
-			ret = zlib_inflate(&strm, Z_NO_FLUSH);
-			if (ret != Z_OK && ret != Z_STREAM_END &&
-			    ret != Z_BUF_ERROR) {
-				sts = WD_STS_BAD_DATA;
-				break;
-			}
-			sts = io_write(io, s->out,
-				       WD_DUMMY_CHUNK - strm.avail_out);
-			if (sts)
-				break;
-			cond_resched();
-		} while (ret != Z_STREAM_END &&
-			 (strm.avail_in || strm.avail_out == 0));
-		if (sts)
-			break;
-	}
-	if (!sts && ret != Z_STREAM_END)
-		sts = WD_STS_BAD_DATA;	/* truncated or empty stream */
-	if (!sts) {
-		/* What follows the stream (trailing data) is the caller's. */
-		io->result = off - strm.avail_in;
-		io->cflags |= WD_CF_STREAM_END;
-	}
-	zlib_inflateEnd(&strm);
-	return sts;
-}
-
-static bool wd_dummy_op_ok(enum wd_dummy_algo algo, u16 opcode)
-{
-	switch (opcode) {
-	case WD_OP_NOP:
-		return true;
-	case WD_OP_MEMCPY:
-		return algo == WD_ALGO_MEMCPY;
-	case WD_OP_CRC32C:
-		return algo == WD_ALGO_CRC32C;
-	case WD_OP_SHA256:
-		return algo == WD_ALGO_SHA256;
-	case WD_OP_DEFLATE:
-	case WD_OP_INFLATE:
-		return algo == WD_ALGO_ZLIB;
-	}
-	return false;
-}
-
-static int wd_dummy_run(struct wd_dummy_scratch *s, u16 opcode,
-			struct wd_dummy_io *io)
-{
-	switch (opcode) {
-	case WD_OP_MEMCPY:
-		return wd_dummy_memcpy(s, io);
-	case WD_OP_CRC32C:
-		return wd_dummy_crc32c(s, io);
-	case WD_OP_SHA256:
-		return wd_dummy_sha256(s, io);
-	case WD_OP_DEFLATE:
-		return wd_dummy_deflate(s, io);
-	case WD_OP_INFLATE:
-		return wd_dummy_inflate(s, io);
-	}
-	return WD_STS_OK;	/* WD_OP_NOP */
-}
-
-/* A buffer of @len bytes at @addr that wraps around the address space. */
-static bool wd_dummy_wraps(u64 addr, u32 len)
-{
-	return len && addr + (len - 1) < addr;
-}
-
-/* zlib's level for desc.level: WD_LEVEL_DEFAULT, 1..9, WD_LEVEL_STORE. */
-static int wd_dummy_zlib_level(u8 level)
-{
-	if (level == WD_LEVEL_DEFAULT)
-		return Z_DEFAULT_COMPRESSION;
-	return level == WD_LEVEL_STORE ? 0 : level;
-}
-
-/*
- * The checks made before any memory is touched, in the order of
- * uapi/wrapdrive.h: the first flaw found is the status.
- */
-static int wd_dummy_check(enum wd_dummy_algo algo, const struct wd_desc *desc)
-{
-	if (!wd_dummy_op_ok(algo, desc->opcode))
-		return WD_STS_BAD_OPCODE;
-	if (desc->flags || desc->__rsvd[0] || desc->__rsvd[1])
-		return WD_STS_BAD_FLAGS;
-	if (desc->opcode == WD_OP_DEFLATE &&
-	    (desc->level > WD_LEVEL_STORE || desc->flush > WD_FLUSH_FULL))
-		return WD_STS_BAD_FLAGS;
-	if (desc->src_len > WD_MAX_LEN || desc->dst_len > WD_MAX_LEN ||
-	    wd_dummy_wraps(desc->src, desc->src_len) ||
-	    wd_dummy_wraps(desc->dst, desc->dst_len))
-		return WD_STS_BAD_LEN;
-	if ((desc->opcode == WD_OP_MEMCPY && desc->dst_len < desc->src_len) ||
-	    (desc->opcode == WD_OP_SHA256 &&
-	     desc->dst_len < WD_SHA256_DIGEST_LEN))
-		return WD_STS_NOSPC;
-	return WD_STS_OK;
-}
-
-/* Execute one descriptor (already copied out of the ring). */
-static void wd_dummy_exec(struct wd_dummy_dev *d, struct wd_dummy_queue *dq,
-			  const struct wd_desc *desc, struct wd_cqe *cqe)
-{
-	struct wd_dummy_io io = {
-		.q = dq->q,
-		.src = desc->src,
-		.dst = desc->dst,
-		.src_len = desc->src_len,
-		.dst_len = desc->dst_len,
-		.seed = desc->seed,
-		.level = wd_dummy_zlib_level(desc->level),
-	};
-	int sts;
-
-	sts = wd_dummy_check(dq->algo, desc);
-	if (!sts)
-		sts = wd_dummy_run(&d->scratch, desc->opcode, &io);
-	if (sts)
-		pr_debug_ratelimited("queue request tag %u opcode %u: status %d\n",
-				     desc->tag, desc->opcode, sts);
-	*cqe = (struct wd_cqe) {
-		.tag = desc->tag,
-		.status = sts,
-		.flags = sts ? 0 : io.cflags,
-		.out_len = sts ? 0 : io.out_len,
-		.result = sts ? 0 : io.result,
-	};
-}
-
-/* ---------------------------------------------------------------------- */
-/* Engine */
-
-static int wd_dummy_cmp_len(const void *a, const void *b)
-{
-	const struct wd_desc *x = a, *y = b;
-
-	if (x->src_len != y->src_len)
-		return x->src_len < y->src_len ? -1 : 1;
-	return 0;
-}
-
-/* One polling round over every open queue; returns descriptors handled. */
-static u32 wd_dummy_round(struct wd_dummy_dev *d)
-{
-	struct wd_dummy_queue *dq;
-	struct wd_cqe cqe;
-	u32 total = 0, n, i;
-	bool access;
-
-	mutex_lock(&d->lock);
-	list_for_each_entry(dq, &d->queues, node) {
-		n = wd_queue_fetch(dq->q, d->batch, WD_DUMMY_BUDGET);
-		if (!n)
-			continue;
-		total += n;
-		/* A weakly ordered queue really reorders: small ones first. */
-		if (dq->weak)
-			sort(d->batch, n, sizeof(d->batch[0]), wd_dummy_cmp_len,
-			     NULL);
-		access = !wd_queue_begin_access(dq->q);
-		for (i = 0; i < n; i++) {
-			if (access) {
-				wd_dummy_exec(d, dq, &d->batch[i], &cqe);
-			} else {
-				cqe = (struct wd_cqe) {
-					.tag = d->batch[i].tag,
-					.status = WD_STS_BAD_ADDR,
-				};
-			}
-			wd_queue_post(dq->q, &cqe);
-			/*
-			 * A sleeper wants the first completion, not the last of
-			 * the round: a round of large requests can take seconds.
-			 */
-			wd_queue_notify(dq->q);
-		}
-		if (access)
-			wd_queue_end_access(dq->q);
-		cond_resched();
-	}
-	mutex_unlock(&d->lock);
-	return total;
-}
-
-static bool wd_dummy_any_pending(struct wd_dummy_dev *d)
-{
-	struct wd_dummy_queue *dq;
-	bool ret = false;
-
-	lockdep_assert_held(&d->lock);
-	list_for_each_entry(dq, &d->queues, node)
-		if (wd_queue_pending(dq->q))
-			ret = true;
-	return ret;
-}
-
-static void wd_dummy_set_idle(struct wd_dummy_dev *d, bool idle)
-{
-	struct wd_dummy_queue *dq;
-
-	lockdep_assert_held(&d->lock);
-	list_for_each_entry(dq, &d->queues, node)
-		wd_queue_set_idle(dq->q, idle);
-}
-
-/* Set IDLE everywhere, then re-check the doorbells: true if we may sleep. */
-static bool wd_dummy_go_idle(struct wd_dummy_dev *d)
-{
-	bool busy;
-
-	mutex_lock(&d->lock);
-	wd_dummy_set_idle(d, true);
-	/* IDLE visible before the doorbells are read; pairs with user's mb. */
-	smp_mb();
-	busy = wd_dummy_any_pending(d);
-	if (busy)
-		wd_dummy_set_idle(d, false);
-	mutex_unlock(&d->lock);
-	return !busy;
-}
-
-static void wd_dummy_wake_up(struct wd_dummy_dev *d)
-{
-	mutex_lock(&d->lock);
-	wd_dummy_set_idle(d, false);
-	mutex_unlock(&d->lock);
-}
-
-/*
- * The polling window adapts like NAPI's interrupt moderation: a kick that
- * comes soon after the engine went idle means requests arrive a little
- * slower than the window, and each of them now pays a wake-up; so the
- * window doubles (up to poll_max_us).  A long quiet spell brings it back
- * towards poll_idle_us, so an idle device does not burn CPU.
- */
-static u64 wd_dummy_adapt_window(u64 window, u64 idle_ns)
-{
-	u64 lo = (u64)READ_ONCE(poll_idle_us) * NSEC_PER_USEC;
-	u64 hi = max_t(u64, lo, (u64)READ_ONCE(poll_max_us) * NSEC_PER_USEC);
-
-	if (idle_ns < 4 * window)
-		window *= 2;
-	else if (idle_ns > 64 * window)
-		window /= 2;
-	return clamp(window, lo, hi);
-}
-
-static int wd_dummy_engine(void *data)
-{
-	struct wd_dummy_dev *d = data;
-	u64 last_work = ktime_get_ns();
-	u64 window = (u64)READ_ONCE(poll_idle_us) * NSEC_PER_USEC;
-	u64 idle_since = 0;
-	bool idle = false;
-	u64 t0;
-	u32 n;
-
-	while (!kthread_should_stop()) {
-		t0 = ktime_get_ns();
-		n = wd_dummy_round(d);
-		if (n) {
-			last_work = ktime_get_ns();
-			wd_accel_add_busy_ns(d->accel, last_work - t0);
-			if (idle) {
-				wd_dummy_wake_up(d);
-				idle = false;
-			}
-			cond_resched();
-			continue;
-		}
-		if (!idle) {
-			if (ktime_get_ns() - last_work < window) {
-				cond_resched();
-				continue;
-			}
-			if (!wd_dummy_go_idle(d))
-				continue;
-			idle = true;
-			idle_since = ktime_get_ns();
-		}
-		wait_event_idle_timeout(d->wq, atomic_read(&d->kicked) ||
-					kthread_should_stop(),
-					msecs_to_jiffies(WD_DUMMY_SLEEP_MS));
-		if (atomic_xchg(&d->kicked, 0)) {
-			wd_dummy_wake_up(d);
-			idle = false;
-			last_work = ktime_get_ns();
-			window = wd_dummy_adapt_window(window,
-						       last_work - idle_since);
-		}
-	}
-	return 0;
-}
-
-static void wd_dummy_kick(struct wd_queue *q)
-{
-	struct wd_dummy_dev *d = wd_accel_priv(wd_queue_accel(q));
-
-	atomic_set(&d->kicked, 1);
-	wake_up(&d->wq);
-}
+/* WrapDrive ops */
 
 static int wd_dummy_queue_open(struct wd_queue *q)
 {
 	struct wd_dummy_dev *d = wd_accel_priv(wd_queue_accel(q));
 	const struct wd_capa *capa = wd_queue_capa(q);
 	struct wd_dummy_queue *dq;
+	int algo = wd_dummy_algo_of(capa->algo_type);
 
-	dq = kzalloc(sizeof(*dq), GFP_KERNEL);
+	if (algo < 0)
+		return algo;	/* checked at probe: cannot happen */
+	dq = kzalloc_node(sizeof(*dq), GFP_KERNEL, d->node);
 	if (!dq)
 		return -ENOMEM;
+	dq->d = d;
 	dq->q = q;
+	dq->algo = algo;
 	dq->weak = capa->flags & WD_WEAK_ORDER;
-	if (!strcmp(capa->algo_type, "memcpy"))
-		dq->algo = WD_ALGO_MEMCPY;
-	else if (!strcmp(capa->algo_type, "crc32c"))
-		dq->algo = WD_ALGO_CRC32C;
-	else if (!strcmp(capa->algo_type, "sha256"))
-		dq->algo = WD_ALGO_SHA256;
-	else
-		dq->algo = WD_ALGO_ZLIB;
-	wd_queue_set_priv(q, dq);
-	mutex_lock(&d->lock);
-	list_add_tail(&dq->node, &d->queues);
-	mutex_unlock(&d->lock);
-	wd_dummy_kick(q);
+	dq->max_streams = capa->max_streams;
+	if (dq->max_streams) {
+		dq->streams = kcalloc_node(dq->max_streams,
+					   sizeof(*dq->streams), GFP_KERNEL,
+					   d->node);
+		if (!dq->streams)
+			goto err_free;
+	}
+	if (own_doorbell) {
+		/* Hardware would hand out a page of its MMIO space here. */
+		struct wd_doorbell_page db = {};
+
+		dq->db_page = alloc_pages_node(d->node, GFP_KERNEL, 0);
+		if (!dq->db_page)
+			goto err_free;
+		db.pfn = page_to_pfn(dq->db_page);
+		db.kaddr = page_address(dq->db_page);
+		wd_queue_set_doorbell(q, &db);
+	}
+	wd_dummy_engine_add_queue(d, dq);
 	return 0;
+
+err_free:
+	kfree(dq->streams);
+	kfree(dq);
+	return -ENOMEM;
 }
 
 static void wd_dummy_queue_close(struct wd_queue *q)
@@ -615,64 +224,43 @@ static void wd_dummy_queue_close(struct wd_queue *q)
 	struct wd_dummy_dev *d = wd_accel_priv(wd_queue_accel(q));
 	struct wd_dummy_queue *dq = wd_queue_priv(q);
 
-	mutex_lock(&d->lock);
-	list_del(&dq->node);
-	mutex_unlock(&d->lock);
-	wd_queue_set_priv(q, NULL);
+	/* Aborts what runs, waits for the engine to let go of the queue. */
+	wd_dummy_engine_del_queue(d, dq);
+	wd_dummy_streams_free(dq);
+	if (dq->db_page)
+		__free_page(dq->db_page);
+	kfree(dq->streams);
 	kfree(dq);
 }
 
-/* ---------------------------------------------------------------------- */
-/* Self-benchmark: the engine's algorithm code on kernel buffers */
-
-static void wd_dummy_scratch_free(struct wd_dummy_scratch *s)
+static void wd_dummy_kick(struct wd_queue *q)
 {
-	kvfree(s->in);
-	kvfree(s->out);
-	vfree(s->deflate_ws);
-	vfree(s->inflate_ws);
+	wd_dummy_engine_kick(wd_accel_priv(wd_queue_accel(q)), q);
 }
 
-static int wd_dummy_scratch_alloc(struct wd_dummy_scratch *s)
+/* Self-benchmark: the algorithm code on kernel buffers, in the caller. */
+static int wd_dummy_selfbench(const char *algo, u32 size, u32 count,
+			      u64 *nsec)
 {
-	s->in = kvmalloc(WD_DUMMY_CHUNK, GFP_KERNEL);
-	s->out = kvmalloc(WD_DUMMY_CHUNK, GFP_KERNEL);
-	s->deflate_ws =
-		vmalloc(zlib_deflate_workspacesize(MAX_WBITS, DEF_MEM_LEVEL));
-	s->inflate_ws = vmalloc(zlib_inflate_workspacesize());
-	if (!s->in || !s->out || !s->deflate_ws || !s->inflate_ws) {
-		wd_dummy_scratch_free(s);
-		return -ENOMEM;
-	}
-	return 0;
-}
-
-static int wd_dummy_selfbench(struct wd_accel *accel, const char *algo,
-			      u32 size, u32 count, u64 *nsec)
-{
+	static const u16 opcodes[] = {
+		[WD_ALGO_MEMCPY] = WD_OP_MEMCPY,
+		[WD_ALGO_CRC32C] = WD_OP_CRC32C,
+		[WD_ALGO_SHA256] = WD_OP_SHA256,
+		[WD_ALGO_ZLIB] = WD_OP_DEFLATE,
+	};
 	struct wd_dummy_scratch s = {};
-	struct wd_dummy_io io = {};
+	int a = wd_dummy_algo_of(algo);
 	u32 i, dst_len;
-	u16 opcode;
 	u8 *src, *dst;
+	int ret = 0;
 	u64 t0;
-	int ret = 0, sts;
 
-	if (!strcmp(algo, "memcpy"))
-		opcode = WD_OP_MEMCPY;
-	else if (!strcmp(algo, "crc32c"))
-		opcode = WD_OP_CRC32C;
-	else if (!strcmp(algo, "sha256"))
-		opcode = WD_OP_SHA256;
-	else if (!strcmp(algo, "zlib"))
-		opcode = WD_OP_DEFLATE;
-	else
-		return -EINVAL;
-
-	dst_len = max_t(u32, size + size / 8 + 1024, WD_SHA256_DIGEST_LEN);
+	if (a < 0)
+		return a;
+	dst_len = max_t(u32, wd_deflate_bound(size), WD_SHA256_DIGEST_LEN);
 	src = vmalloc(max_t(u32, size, 1));
 	dst = vmalloc(dst_len);
-	if (!src || !dst || wd_dummy_scratch_alloc(&s)) {
+	if (!src || !dst || wd_dummy_scratch_alloc(&s, NUMA_NO_NODE)) {
 		ret = -ENOMEM;
 		goto out;
 	}
@@ -680,22 +268,11 @@ static int wd_dummy_selfbench(struct wd_accel *accel, const char *algo,
 	get_random_bytes(src, size / 2);
 	memset(src + size / 2, 'w', size - size / 2);
 
-	io.ksrc = src;
-	io.kdst = dst;
-	io.src_len = size;
-	io.dst_len = dst_len;
-	io.level = Z_DEFAULT_COMPRESSION;
 	t0 = ktime_get_ns();
 	for (i = 0; i < count; i++) {
-		io.out_len = 0;
-		sts = wd_dummy_run(&s, opcode, &io);
-		if (sts) {
-			ret = -EIO;
-			goto out;
-		}
-		cond_resched();
-		if (fatal_signal_pending(current)) {
-			ret = -EINTR;
+		if (wd_dummy_run_kernel(&s, opcodes[a], src, size, dst,
+					dst_len)) {
+			ret = fatal_signal_pending(current) ? -EINTR : -EIO;
 			goto out;
 		}
 	}
@@ -711,24 +288,153 @@ static const struct wd_accel_ops wd_dummy_ops = {
 	.queue_open = wd_dummy_queue_open,
 	.queue_close = wd_dummy_queue_close,
 	.kick = wd_dummy_kick,
-	.selfbench = wd_dummy_selfbench,
 };
+
+/* ---------------------------------------------------------------------- */
+/* debugfs, in the accelerator's directory (docs/ABI/debugfs-wrapdrive) */
+
+/* selfbench: write "ALGO SIZE COUNT" to run, read "ALGO SIZE COUNT NSEC". */
+static ssize_t wd_dummy_selfbench_read(struct file *file, char __user *ubuf,
+				       size_t count, loff_t *ppos)
+{
+	struct wd_dummy_dev *d = file->private_data;
+	char buf[sizeof(d->bench_result)];
+
+	mutex_lock(&d->bench_lock);
+	strscpy(buf, d->bench_result, sizeof(buf));
+	mutex_unlock(&d->bench_lock);
+	return simple_read_from_buffer(ubuf, count, ppos, buf, strlen(buf));
+}
+
+static ssize_t wd_dummy_selfbench_write(struct file *file,
+					const char __user *ubuf, size_t count,
+					loff_t *ppos)
+{
+	struct wd_dummy_dev *d = file->private_data;
+	char buf[64], algo[16];
+	u32 size, cnt;
+	u64 nsec = 0;
+	int ret;
+
+	if (*ppos || count >= sizeof(buf))
+		return -EINVAL;
+	if (copy_from_user(buf, ubuf, count))
+		return -EFAULT;
+	buf[count] = '\0';
+	if (sscanf(buf, "%15s %u %u", algo, &size, &cnt) != 3)
+		return -EINVAL;
+	if (size > WD_MAX_LEN || !cnt || cnt > 1000000)
+		return -EINVAL;
+
+	mutex_lock(&d->bench_lock);
+	ret = wd_dummy_selfbench(algo, size, cnt, &nsec);
+	if (!ret)
+		snprintf(d->bench_result, sizeof(d->bench_result),
+			 "%s %u %u %llu\n", algo, size, cnt, nsec);
+	mutex_unlock(&d->bench_lock);
+	return ret ? ret : count;
+}
+
+static const struct file_operations wd_dummy_selfbench_fops = {
+	.owner = THIS_MODULE,
+	.open = simple_open,
+	.read = wd_dummy_selfbench_read,
+	.write = wd_dummy_selfbench_write,
+	.llseek = default_llseek,
+};
+
+static int wd_dummy_engines_get(void *data, u64 *val)
+{
+	struct wd_dummy_dev *d = data;
+
+	spin_lock(&d->lock);
+	*val = d->nr_engines;
+	spin_unlock(&d->lock);
+	return 0;
+}
+DEFINE_DEBUGFS_ATTRIBUTE(wd_dummy_engines_fops, wd_dummy_engines_get, NULL,
+			 "%llu\n");
+
+static int wd_dummy_streams_get(void *data, u64 *val)
+{
+	*val = atomic_read(data);
+	return 0;
+}
+DEFINE_DEBUGFS_ATTRIBUTE(wd_dummy_streams_fops, wd_dummy_streams_get, NULL,
+			 "%llu\n");
+
+static int wd_dummy_stream_bytes_get(void *data, u64 *val)
+{
+	*val = atomic_long_read(data);
+	return 0;
+}
+DEFINE_DEBUGFS_ATTRIBUTE(wd_dummy_stream_bytes_fops, wd_dummy_stream_bytes_get,
+			 NULL, "%llu\n");
+
+/* Removed with the directory, by wd_accel_remove(). */
+static void wd_dummy_debugfs_init(struct wd_dummy_dev *d)
+{
+	struct dentry *dir = wd_accel_debugfs(d->accel);
+
+	debugfs_create_file("selfbench", 0600, dir, d,
+			    &wd_dummy_selfbench_fops);
+	debugfs_create_file_unsafe("engines", 0444, dir, d,
+				   &wd_dummy_engines_fops);
+	debugfs_create_file_unsafe("streams", 0444, dir, &d->nr_streams,
+				   &wd_dummy_streams_fops);
+	debugfs_create_file_unsafe("stream_bytes", 0444, dir, &d->stream_bytes,
+				   &wd_dummy_stream_bytes_fops);
+}
 
 /* ---------------------------------------------------------------------- */
 /* Platform driver */
 
+/*
+ * Where device @idx on NUMA node @node runs its engine threads; -1: where
+ * the scheduler likes.  A hardware engine is beside the CPUs, not on one of
+ * them; the software one should at least not sit on its callers' CPU.  The
+ * userlib opens the device nearest its caller, so this device's callers run
+ * on its node: the engine takes the node's last CPU when the node has more
+ * than one, else (one CPU per node, as in the test guests) the last CPU of
+ * the nearest other node.
+ */
+static int wd_dummy_engine_cpu(unsigned int idx, int node)
+{
+	int cpu = engine_cpus[idx], n, near = NUMA_NO_NODE;
+
+	if (cpu == WD_DUMMY_CPU_ANY)
+		return -1;
+	if (cpu >= 0)
+		return cpu;
+	if (node != NUMA_NO_NODE && nr_cpus_node(node) == 1) {
+		for_each_node_with_cpus(n)
+			if (n != node && (near == NUMA_NO_NODE ||
+					  node_distance(node, n) <
+					  node_distance(node, near)))
+				near = n;
+	}
+	if (near == NUMA_NO_NODE)
+		near = node;
+	cpu = near == NUMA_NO_NODE ? -1 : cpumask_last(cpumask_of_node(near));
+	if (cpu < 0 || cpu >= nr_cpu_ids || !cpu_online(cpu))
+		cpu = cpumask_last(cpu_online_mask);
+	return cpu;
+}
+
 static int wd_dummy_probe(struct platform_device *pdev)
 {
 	unsigned int idx = pdev->id;
+	struct wd_capa capas[ARRAY_SIZE(wd_dummy_capas)];
 	struct wd_accel_info info = {
 		.name = WD_DUMMY_NAME,
 		.owner = THIS_MODULE,
 		.max_queues = max_queues,
 		.ring_entries = ring_entries,
-		.capas = wd_dummy_capas,
-		.nr_capas = ARRAY_SIZE(wd_dummy_capas),
+		.capas = capas,
+		.nr_capas = ARRAY_SIZE(capas),
 	};
 	struct wd_dummy_dev *d;
+	unsigned int i;
 	int ret;
 
 	if (idx >= WD_DUMMY_MAX_DEVS)
@@ -736,40 +442,66 @@ static int wd_dummy_probe(struct platform_device *pdev)
 	info.numa_zone = idx < max(nr_numa_zones, 2U) ? numa_zones[idx] : 0;
 	info.priority = idx < max(nr_priorities, 2U) ? priorities[idx] :
 		10 * (idx + 1);
-	if (info.numa_zone >= 0 && info.numa_zone < MAX_NUMNODES &&
-	    node_online(info.numa_zone))
-		set_dev_node(&pdev->dev, info.numa_zone);
+	/* Each capability needs an algorithm of ours; zlib has streams. */
+	for (i = 0; i < ARRAY_SIZE(capas); i++) {
+		capas[i] = wd_dummy_capas[i];
+		ret = wd_dummy_algo_of(capas[i].algo_type);
+		if (ret < 0) {
+			dev_err(&pdev->dev, "no algorithm for algo_type %s\n",
+				capas[i].algo_type);
+			return ret;
+		}
+		if (ret == WD_ALGO_ZLIB)
+			capas[i].max_streams = max_streams;
+	}
 
 	d = devm_kzalloc(&pdev->dev, sizeof(*d), GFP_KERNEL);
 	if (!d)
 		return -ENOMEM;
 	d->pdev = pdev;
-	mutex_init(&d->lock);
-	INIT_LIST_HEAD(&d->queues);
-	init_waitqueue_head(&d->wq);
-	atomic_set(&d->kicked, 0);
-	ret = wd_dummy_scratch_alloc(&d->scratch);
-	if (ret)
-		return ret;
+	d->idx = idx;
+	d->node = NUMA_NO_NODE;
+	if (info.numa_zone >= 0 && info.numa_zone < MAX_NUMNODES &&
+	    node_online(info.numa_zone)) {
+		d->node = info.numa_zone;
+		set_dev_node(&pdev->dev, d->node);
+	}
+	d->cpu = wd_dummy_engine_cpu(idx, d->node);
+	atomic_set(&d->nr_streams, 0);
+	atomic_long_set(&d->stream_bytes, 0);
+	mutex_init(&d->bench_lock);
+	if (wd_dummy_dma_api) {
+		/* The engine turns DMA addresses back into pages: no IOMMU. */
+		if (device_iommu_mapped(&pdev->dev) || pdev->dev.dma_range_map)
+			return -EOPNOTSUPP;
+		ret = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(64));
+		if (ret)
+			return ret;
+	}
 
-	/* The engine needs d->accel: create it stopped, start it after. */
-	d->engine = kthread_create(wd_dummy_engine, d, "wd_dummy/%u", idx);
-	if (IS_ERR(d->engine)) {
-		ret = PTR_ERR(d->engine);
-		goto err_scratch;
-	}
-	d->accel = wd_register_accel(&pdev->dev, &info, &wd_dummy_ops, d);
-	if (IS_ERR(d->accel)) {
-		ret = PTR_ERR(d->accel);
-		kthread_stop(d->engine);
-		goto err_scratch;
-	}
-	wake_up_process(d->engine);
+	/*
+	 * Two steps: everything ready (engine asleep, debugfs) before anyone
+	 * can see the device, since a queue may open as soon as it is.
+	 */
+	d->accel = wd_accel_alloc(&pdev->dev, &info, &wd_dummy_ops, d);
+	if (IS_ERR(d->accel))
+		return PTR_ERR(d->accel);
+	ret = wd_dummy_engine_init(d);
+	if (ret)
+		goto err_accel;
+	wd_dummy_debugfs_init(d);
+	ret = wd_accel_register(d->accel);
+	if (ret)
+		goto err_engine;
 	platform_set_drvdata(pdev, d);
+	dev_info(&pdev->dev, "engine on %s%d\n", d->cpu < 0 ? "node " : "CPU ",
+		 d->cpu < 0 ? d->node : d->cpu);
 	return 0;
 
-err_scratch:
-	wd_dummy_scratch_free(&d->scratch);
+err_engine:
+	wd_dummy_engine_fini(d);
+err_accel:
+	wd_accel_remove(d->accel);
 	return ret;
 }
 
@@ -778,10 +510,9 @@ static void wd_dummy_remove(struct platform_device *pdev)
 	struct wd_dummy_dev *d = platform_get_drvdata(pdev);
 
 	/* Kills open queues (queue_close), waits for their users. */
-	wd_unregister_accel(d->accel);
-	kthread_stop(d->engine);
-	wd_dummy_scratch_free(&d->scratch);
-	mutex_destroy(&d->lock);
+	wd_accel_remove(d->accel);
+	wd_dummy_engine_fini(d);
+	mutex_destroy(&d->bench_lock);
 }
 
 static struct platform_driver wd_dummy_driver = {
@@ -802,10 +533,9 @@ static void wd_dummy_del_devices(void)
 	}
 }
 
-static int __init wd_dummy_init(void)
+static int __init wd_dummy_check_params(void)
 {
 	unsigned int i;
-	int ret;
 
 	if (!nr_devices || nr_devices > WD_DUMMY_MAX_DEVS) {
 		pr_err("nr_devices must be 1..%d\n", WD_DUMMY_MAX_DEVS);
@@ -820,6 +550,32 @@ static int __init wd_dummy_init(void)
 		pr_err("ring_entries must be a power of two in 2..65536\n");
 		return -EINVAL;
 	}
+	if (!max_streams || max_streams > WD_DUMMY_MAX_STREAMS) {
+		pr_err("max_streams must be 1..%d\n", WD_DUMMY_MAX_STREAMS);
+		return -EINVAL;
+	}
+	for (i = 0; i < nr_engine_cpus; i++) {
+		int cpu = engine_cpus[i];
+
+		if (cpu == WD_DUMMY_CPU_AUTO || cpu == WD_DUMMY_CPU_ANY)
+			continue;
+		if (cpu < 0 || cpu >= nr_cpu_ids || !cpu_online(cpu)) {
+			pr_err("engine_cpus: %d is not an online CPU (-1: default, -2: not pinned)\n",
+			       cpu);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+static int __init wd_dummy_init(void)
+{
+	unsigned int i;
+	int ret;
+
+	ret = wd_dummy_check_params();
+	if (ret)
+		return ret;
 	ret = platform_driver_register(&wd_dummy_driver);
 	if (ret)
 		return ret;
@@ -829,12 +585,15 @@ static int __init wd_dummy_init(void)
 		if (IS_ERR(wd_dummy_pdevs[i])) {
 			ret = PTR_ERR(wd_dummy_pdevs[i]);
 			wd_dummy_pdevs[i] = NULL;
-			wd_dummy_del_devices();
-			platform_driver_unregister(&wd_dummy_driver);
-			return ret;
+			goto err_devices;
 		}
 	}
 	return 0;
+
+err_devices:
+	wd_dummy_del_devices();
+	platform_driver_unregister(&wd_dummy_driver);
+	return ret;
 }
 
 static void __exit wd_dummy_exit(void)

@@ -10,6 +10,8 @@
  *   HAVE_EVENTFD_SIGNAL_NOCOUNT  eventfd_signal() takes no count (6.8+)
  *   HAVE_VFIO_IOMMUFD_EMULATED   the emulated iommufd ops exist (6.2+),
  *                                needed when CONFIG_IOMMUFD is set
+ *   HAVE_GUP_VMAS_ARG            pin_user_pages_remote() takes a vmas
+ *                                argument (before 6.5)
  */
 #ifndef _WD_COMPAT_H
 #define _WD_COMPAT_H
@@ -17,7 +19,6 @@
 #include <linux/eventfd.h>
 #include <linux/mm.h>
 #include <linux/mdev.h>
-#include <linux/sysfs.h>
 #include <linux/vfio.h>
 
 static inline void wd_vm_flags_set(struct vm_area_struct *vma,
@@ -67,21 +68,20 @@ static inline void wd_vfio_free_device(struct vfio_device *vdev)
 #define WD_VFIO_IOMMUFD_OPS
 #endif
 
-/*
- * Attributes on an mdev type kobject are dispatched by the mdev core's own
- * sysfs_ops, which expect its private struct mdev_type_attribute
- * (drivers/vfio/mdev/mdev_private.h).  Same layout in 6.1 and 6.12.
- */
-struct wd_mdev_type_attribute {
-	struct attribute attr;
-	ssize_t (*show)(struct mdev_type *mtype,
-			struct wd_mdev_type_attribute *attr, char *buf);
-	ssize_t (*store)(struct mdev_type *mtype,
-			 struct wd_mdev_type_attribute *attr, const char *buf,
-			 size_t count);
-};
-
-#define WD_MDEV_TYPE_ATTR_RO(_name) \
-	struct wd_mdev_type_attribute wd_mdev_type_attr_##_name = __ATTR_RO(_name)
+/* Short-term pins of another mm's pages (the vmas argument went in 6.5). */
+static inline long wd_pin_user_pages_remote(struct mm_struct *mm,
+					    unsigned long start,
+					    unsigned long nr_pages,
+					    unsigned int gup_flags,
+					    struct page **pages, int *locked)
+{
+#ifdef HAVE_GUP_VMAS_ARG
+	return pin_user_pages_remote(mm, start, nr_pages, gup_flags, pages,
+				     NULL, locked);
+#else
+	return pin_user_pages_remote(mm, start, nr_pages, gup_flags, pages,
+				     locked);
+#endif
+}
 
 #endif /* _WD_COMPAT_H */

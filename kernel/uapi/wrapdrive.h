@@ -94,19 +94,24 @@
  *                        field not 0, or a deflate flush/level out of range
  *     WD_STS_BAD_LEN     src_len or dst_len over WD_MAX_LEN, or a buffer
  *                        that wraps around the address space
- *     WD_STS_BAD_CHAIN   a chaining error (see "Chaining")
+ *     WD_STS_BAD_CHAIN   a zlib chaining error the device sees without
+ *                        reading memory (see "Chaining")
  *     WD_STS_NOSPC       dst_len too small for an output whose size the
- *                        lengths tell (memcpy, a sha256 digest)
+ *                        lengths tell (memcpy; the digest of a sha256
+ *                        piece without WD_DF_MORE)
  *   Then, executing it, the first of these it meets:
  *     WD_STS_BAD_ADDR    a buffer (or the sha256 context) not shared with
  *                        the device, not writable where it must be, or
  *                        lying in any WrapDrive queue's own regions
- *     WD_STS_NOMEM       the device is out of stream memory; retry later
+ *     WD_STS_BAD_CHAIN   a sha256 context without WD_SHA256_CTX_MAGIC
+ *     WD_STS_NOMEM       the device is out of stream memory, or of memory
+ *                        it may pin for the request (RLIMIT_MEMLOCK, see
+ *                        "Memory"); retry later
  *     WD_STS_NOSPC       the output does not fit in dst (one-shot zlib)
  *     WD_STS_BAD_DATA    corrupt input (inflate)
- *   On any status but WD_STS_OK, out_len and result are 0 and dst may have
- *   been partly written.  A length of 0 touches no memory, so its address
- *   is not checked (0 is fine).
+ *   On any status but WD_STS_OK, out_len and result are 0, and dst (and a
+ *   sha256 context) may have been partly written.  A length of 0 touches
+ *   no memory, so its address is not checked (0 is fine).
  *   WD_OP_NOP completes with WD_STS_OK on every queue; it checks flags,
  *   reserved fields and lengths like any request but never touches memory.
  *
@@ -137,31 +142,58 @@
  *   WD_DF_CONT  this request continues a chain: take the state from the
  *               previous piece.
  *   Neither flag: one-shot.  First piece: MORE.  Middle pieces: CONT|MORE.
- *   Last piece: CONT.  Any split of the input gives the one-shot result.
+ *   Last piece: CONT.  Any split of the input gives the one-shot result
+ *   (pieces may be empty: a chain of one piece is MORE, then an empty
+ *   CONT).  Only WD_OP_SHA256, WD_OP_DEFLATE and WD_OP_INFLATE take these
+ *   flags; on other opcodes they are WD_STS_BAD_FLAGS.  Chained requests
+ *   are never reordered with each other, on any queue.
  *   crc32c needs no flags: chain it with desc.seed.
  *   sha256: the state lives in user memory, in a struct wd_sha256_ctx at
  *     desc.ctx (shared like any buffer, read-write).  MORE: the device
- *     stores the state there (CONT: after reading it).  The last piece
- *     (CONT only) writes the digest to dst and clears ctx.magic.  CONT on
- *     a context without WD_SHA256_CTX_MAGIC: WD_STS_BAD_CHAIN.  The state
- *     is the caller's data: the device trusts nothing in it but the magic.
+ *     stores the state there (CONT: after reading it); dst is not used, so
+ *     dst_len may be 0.  The last piece (CONT only) writes the digest to
+ *     dst (dst_len >= 32) and then clears ctx.magic.  CONT on a context
+ *     without WD_SHA256_CTX_MAGIC: WD_STS_BAD_CHAIN (a finished chain
+ *     cannot be continued).  The state is the caller's data: the device
+ *     trusts nothing in it but the magic.  A piece that fails leaves the
+ *     chain where it was if the context was not written (a last piece
+ *     whose dst is not writable can be sent again).
  *   zlib: the stream state (hundreds of KiB of deflate or inflate work
  *     space, with kernel pointers, so it cannot live in user memory) is
  *     kept by the driver per queue, in stream slot desc.stream
- *     (0 .. hdr.max_streams - 1).  A first piece (MORE without CONT)
- *     starts a stream there, dropping any earlier one; the last piece
- *     (CONT without MORE) ends it and frees the slot.  desc.flush is the
- *     zlib flush mode of a DEFLATE piece with MORE (WD_FLUSH_NONE, _SYNC,
- *     _FULL); a piece without MORE finishes the stream.  A chained piece
- *     whose dst fills up before all of src is used (or before a flush or
- *     finish is complete) still completes WD_STS_OK, with WD_CF_DST_FULL
- *     in cqe.flags: out_len bytes were written, result bytes of src were
- *     used, and the state is kept; submit the rest (CONT, same flags) with
- *     a new dst.  BAD_CHAIN: a slot number >= max_streams, CONT on an
- *     empty slot or on a slot of the other opcode; or MORE/CONT on a
- *     WD_OP_INFLATE after the stream ended (the state is dropped, the slot
- *     freed).  Streams are freed on reset, on close and when the queue
- *     dies.  The device's stream memory is bounded (WD_STS_NOMEM).
+ *     (0 .. hdr.max_streams - 1; hdr.max_streams is 0 on queues of other
+ *     algorithms).  A first piece (MORE without CONT) starts a stream
+ *     there, dropping any earlier one; desc.level of the first piece holds
+ *     for the whole stream (later pieces' level is not used).  desc.flush
+ *     is the zlib flush mode of a DEFLATE piece with MORE (WD_FLUSH_NONE,
+ *     _SYNC, _FULL: after a sync or full flush, everything so far can be
+ *     inflated); a piece without MORE finishes the stream.  cqe.result is
+ *     the number of src bytes the piece used.
+ *     A chained piece whose dst fills up before all of src is used, or
+ *     before a flush, a finish or (inflate) the output of what it read is
+ *     complete, still completes WD_STS_OK, with WD_CF_DST_FULL in
+ *     cqe.flags: out_len bytes were written, result bytes of src were
+ *     used, and the state is kept.  Send the rest as a continuation:
+ *     WD_DF_CONT plus the piece's WD_DF_MORE and flush, src advanced by
+ *     result (src_len may then be 0), and a new dst.  A deflate piece
+ *     with WD_FLUSH_NONE that used all of its src never reports
+ *     WD_CF_DST_FULL: what zlib holds back comes out with later pieces.
+ *     Inflate: the piece in which the zlib stream ends completes with
+ *     WD_CF_STREAM_END, its result counting only the stream's bytes
+ *     (what follows is the caller's), and the slot is freed.  A last
+ *     piece (no MORE) whose src ends before the stream does gets
+ *     WD_STS_BAD_DATA.
+ *     The last piece ends the stream and frees the slot (unless it
+ *     reports WD_CF_DST_FULL).  A piece failing in execution
+ *     (WD_STS_BAD_ADDR, _NOMEM, _BAD_DATA, _ABORTED) ends its stream too,
+ *     and frees the slot: its state is unknown.  A piece refused before
+ *     execution (BAD_OPCODE .. BAD_CHAIN) leaves the slot as it was.
+ *     BAD_CHAIN: a slot number >= max_streams, CONT on an empty slot, or
+ *     CONT on a slot holding a stream of the other opcode (a stream ended
+ *     or freed as above leaves an empty slot).  Streams are freed on
+ *     reset, on close and when the queue dies.  The device bounds the
+ *     memory of its streams, all queues together: a first piece that
+ *     would exceed it gets WD_STS_NOMEM and leaves the slot empty.
  *
  * Death and removal
  *   When the device goes away (driver unbound, module unloaded) or the
@@ -169,28 +201,48 @@
  *   dropped, WD_Q_DEAD is set in hdr.status and the eventfd is signalled.
  *   The mappings stay valid (reads and writes never fault, the device no
  *   longer looks at them), so a user notices on its next look at
- *   hdr.status.  ioctls, read and write then fail with ENODEV; munmap and
- *   close() work.  Unbinding the device, or removing the mdev, blocks
- *   until every user has closed the queue's device fd and unmapped its
- *   regions; while it waits the device sets WD_Q_RELEASE (a queue being
- *   removed is also dead) and signals the eventfd, asking the owner to
- *   close the queue.  rmmod of the driver
- *   fails with EAGAIN (module in use) while any of its queues is open.
+ *   hdr.status.  A driver that serves the doorbell from a page of its own
+ *   (real hardware: an MMIO page) lets it go; the doorbell mapping then
+ *   shows a scratch page of the queue instead.  ioctls, read and write
+ *   then fail with ENODEV, and so does a new mmap; munmap and close()
+ *   work.  Unbinding the device, or removing the mdev, blocks until every
+ *   user has closed the queue's device fd and unmapped its regions; while
+ *   it waits the device sets WD_Q_RELEASE (a queue being removed is also
+ *   dead) and signals the eventfd, asking the owner to close the queue.
+ *   rmmod of the driver, and of wrapdrive, fails with EAGAIN (module in
+ *   use) while any of its queues is open.
  *
  * VFIO_DEVICE_RESET stops the queue, drops every request not yet
  * completed (no completion is posted for them: the caller of the reset
- * owns their fate), frees its zlib streams, zeroes the doorbell, sets all
- * four indices back to 0 and starts it again.  WD_STS_ABORTED is for a
+ * owns their fate), frees its zlib streams, unpins every page it kept
+ * pinned, zeroes the doorbell, sets all four indices back to 0 and starts
+ * it again.  A queue its driver cannot start again is dead (ENODEV).  WD_STS_ABORTED is for a
  * driver that ends a request early in other cases (its own error
  * handling); a request it has taken always completes.
  *
  * Memory
  *   Buffers are IOVAs mapped with VFIO_IOMMU_MAP_DMA (read-write for dst
  *   and the sha256 context), or process virtual addresses on a
- *   WD_CAPA_SHARE_ALL queue.  VFIO_IOMMU_UNMAP_DMA always wins promptly: a
- *   request using the range when it is unmapped completes with
- *   WD_STS_BAD_ADDR.  The device reads and writes user memory only while
- *   it executes a request.
+ *   WD_CAPA_SHARE_ALL queue.  Device mappings are never buffers: a range
+ *   that lies in any WrapDrive queue's own regions (or any other mapping
+ *   of device memory, VM_PFNMAP or VM_IO) gets WD_STS_BAD_ADDR.  The device
+ *   reads and writes user memory only while it executes a request.
+ *   VFIO_IOMMU_UNMAP_DMA always wins promptly: it waits for the piece of
+ *   a request being copied at that moment (at most 128 KiB), or for the
+ *   driver to release a DMA mapping of the range, never for whole
+ *   requests; a request that touches the range after that completes with
+ *   WD_STS_BAD_ADDR.  The range may be mapped again at once, at the same
+ *   IOVA, and used by the next requests.
+ *   With only emulated devices in the container, pinned pages are charged
+ *   to the RLIMIT_MEMLOCK of the process that mapped them.  A queue whose
+ *   owner has CAP_IPC_LOCK keeps up to 16 MiB of pages pinned (until they
+ *   are unmapped, the queue is reset or closed); any other owner is
+ *   charged only while a request runs, a little at a time, and a request
+ *   that finds no budget left still completes, by copies that pin
+ *   nothing: every valid request works with the default limit, and the
+ *   budget a process locks for itself stays its own.  A driver that DMAs
+ *   (wd_queue_dma_map()) must pin: it maps at most 64 KiB of a request at
+ *   a time, and WD_STS_NOMEM says the limit left no room even for that.
  *
  * fork and exit
  *   The regions are mapped VM_DONTCOPY, so a child has no mapping of its

@@ -32,6 +32,12 @@ VFIO_NAMES = (
     "VFIO_DMA_MAP_FLAG_READ", "VFIO_DMA_MAP_FLAG_WRITE",
 )
 
+# userfaultfd names the scheduling tests use (a buffer whose pages never come).
+UFFD_NAMES = (
+    "SYS_userfaultfd", "UFFD_API", "UFFDIO_API", "UFFDIO_REGISTER",
+    "UFFDIO_REGISTER_MODE_MISSING",
+)
+
 # Arguments at which the header's wd_deflate_bound() is evaluated,
 # so that deflate_bound() below is checked against the header.
 BOUND_SAMPLES = (0, 1, 4095, 65536, 300000, 1 << 20, 16 << 20)
@@ -43,9 +49,10 @@ _FIELD = re.compile(r"^\s*__[us]\d+\s+(\w+)(?:\[[^\]]*\])?\s*;", re.M)
 
 def _program(text):
     """C source printing the constants and struct layouts as JSON lines."""
-    lines = ["#include <stddef.h>", "#include <stdio.h>", "#include <linux/vfio.h>",
+    lines = ["#include <stddef.h>", "#include <stdio.h>", "#include <sys/syscall.h>",
+             "#include <linux/userfaultfd.h>", "#include <linux/vfio.h>",
              '#include "wrapdrive.h"', "int main(void) {"]
-    for name in _DEFINE.findall(text) + list(VFIO_NAMES):
+    for name in _DEFINE.findall(text) + list(VFIO_NAMES) + list(UFFD_NAMES):
         lines.append(f'printf("[\\"C\\", \\"{name}\\", %llu]\\n", '
                      f"(unsigned long long)({name}));")
     for sname, body in _STRUCT.findall(text):
@@ -65,7 +72,7 @@ def _load():
     with open(UAPI) as f:
         text = f.read()
     with open(VFIO_H, "rb") as f:
-        key = hashlib.sha256(text.encode() + f.read()).hexdigest()[:16]
+        key = hashlib.sha256(text.encode() + f.read() + _program(text).encode()).hexdigest()[:16]
     cache = os.path.join(tempfile.gettempdir(), f"wd-abi-{key}.json")
     if os.path.exists(cache):
         with open(cache) as f:

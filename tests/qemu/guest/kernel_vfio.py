@@ -134,10 +134,13 @@ def desc(tag=0, opcode=WD_OP_NOP, src=0, src_len=0, dst=0, dst_len=0, **extra): 
 class Queue:
     """An opened queue: container, group and device fds, mapped regions."""
 
-    def __init__(self, parent="wd_dummy.0", tname="crc32c", mdev=None):
+    def __init__(self, parent="wd_dummy.0", tname="crc32c", mdev=None, container=None):
+        """container: another Queue whose VFIO container this queue joins
+        (its group is added to it; the IOMMU is already set)."""
         self.parent = parent
         self.own_mdev = mdev is None
         self.uuid = mdev or create_mdev(parent, tname)
+        self.shares = container
         self.fds = []
         self.maps = []
         self.bufs = []
@@ -151,11 +154,15 @@ class Queue:
 
     def _open(self):
         grp = os.path.basename(os.readlink(f"{MDEV_DEVICES}/{self.uuid}/iommu_group"))
-        self.container = os.open("/dev/vfio/vfio", os.O_RDWR)
+        if self.shares is not None:
+            self.container = os.dup(self.shares.container)
+        else:
+            self.container = os.open("/dev/vfio/vfio", os.O_RDWR)
         self.group = os.open(f"/dev/vfio/{grp}", os.O_RDWR)
         fd = ctypes.c_int(self.container)
         ioctl(self.group, VFIO_GROUP_SET_CONTAINER, ctypes.pointer(fd))  # noqa: F821
-        ioctl(self.container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)  # noqa: F821
+        if self.shares is None:
+            ioctl(self.container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)  # noqa: F821
         self.dev = ioctl(self.group, VFIO_GROUP_GET_DEVICE_FD,  # noqa: F821
                          ctypes.c_char_p(self.uuid.encode()))
         self.regions = [self.region_info(i) for i in range(WD_NUM_REGIONS)]  # noqa: F821
@@ -171,7 +178,8 @@ class Queue:
         self.max_streams = hdr["max_streams"]
         self.sq_tail = 0
         self.cq_head = 0
-        self.next_iova = 1 << 20
+        # Queues sharing a container take IOVAs from disjoint windows.
+        self.next_iova = (1 << 20) + (len(_container_users(self.shares)) << 36)
 
     # -- VFIO --
     def region_info(self, index, argsz=32):
@@ -287,6 +295,15 @@ class Queue:
         self.close()
 
 
+def _container_users(q):
+    """Queues that share q's container, q first (empty for None)."""
+    out = []
+    while q is not None:
+        out.append(q)
+        q = q.shares
+    return out
+
+
 def errno_of(fn, *args, **kw):
     """Run fn, return the errno it raised (0 if none)."""
     try:
@@ -294,6 +311,113 @@ def errno_of(fn, *args, **kw):
     except OSError as e:
         return e.errno
     return 0
+
+
+# -- wd_dummy's own knobs and counters ------------------------------------------
+DUMMY_DEBUGFS = DEBUGFS  # the sample adds its files to its accelerator's directory
+DUMMY_PARAMS = "/sys/module/wd_dummy/parameters"
+
+
+def dummy_dbg(parent, name):
+    """A wd_dummy debugfs counter of a device (engines, streams, stream_bytes)."""
+    return int(read(f"{DUMMY_DEBUGFS}/{parent}/{name}"))
+
+
+def param(name):
+    return read(f"{DUMMY_PARAMS}/{name}")
+
+
+def set_param(name, value):
+    write(f"{DUMMY_PARAMS}/{name}", str(value))
+
+
+class Param:
+    """with Param("poll_idle_us", 0): a wd_dummy tunable set for a while."""
+
+    def __init__(self, name, value):
+        self.name, self.value = name, value
+
+    def __enter__(self):
+        self.saved = param(self.name)
+        set_param(self.name, self.value)
+        return self
+
+    def __exit__(self, *exc):
+        set_param(self.name, self.saved)
+
+
+def engine_pids(parent):
+    """PIDs of the engine threads of a wd_dummy device ("wd_dummy/N" and
+    "wd_dummy/N.M")."""
+    idx = parent.rsplit(".", 1)[1]
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            comm = read(f"/proc/{pid}/comm")
+        except OSError:
+            continue
+        if comm == f"wd_dummy/{idx}" or comm.startswith(f"wd_dummy/{idx}."):
+            out.append(int(pid))
+    return sorted(out)
+
+
+def context_switches(pid):
+    """Voluntary + involuntary context switches of a task so far."""
+    total = 0
+    for line in read(f"/proc/{pid}/status").splitlines():
+        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+            total += int(line.split()[1])
+    return total
+
+
+def kernel_has_debug_vm():
+    """CONFIG_DEBUG_VM: mm/debug.c builds dump_mm() only then."""
+    with open("/proc/kallsyms") as f:
+        return any(line.rstrip().endswith(" dump_mm") for line in f)
+
+
+class Userfault:
+    """Anonymous memory registered with a userfaultfd that nobody serves:
+    any access to it, by this process or by the kernel on its behalf, waits
+    until the userfaultfd is closed.  Never touch .addr from Python."""
+
+    def __init__(self, size=mmap.PAGESIZE):
+        fd = libc.syscall(ctypes.c_long(SYS_userfaultfd),  # noqa: F821
+                          ctypes.c_long(os.O_CLOEXEC | os.O_NONBLOCK))
+        if fd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        self.fd = fd
+        self.size = size
+        self.map = None
+        try:
+            ioctl(fd, UFFDIO_API, buf(struct.pack("<QQQ", UFFD_API, 0, 0)))  # noqa: F821
+            self.map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            view = ctypes.c_char.from_buffer(self.map)
+            self.addr = ctypes.addressof(view)
+            del view
+            reg = struct.pack("<QQQQ", self.addr, size, UFFDIO_REGISTER_MODE_MISSING, 0)  # noqa: F821
+            ioctl(fd, UFFDIO_REGISTER, buf(reg))  # noqa: F821
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        """Closing the userfaultfd lets every waiting access through."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.map is not None:
+            self.map.close()
+            self.map = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 __all__ = [n for n in dir() if not n.startswith("_")] + ["errno"]

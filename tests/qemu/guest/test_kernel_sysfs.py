@@ -9,8 +9,8 @@ from kernel_vfio import MDEV_BUS, MDEV_DEVICES, create_mdev, read, remove_mdev, 
 
 TYPES = {
     "memcpy": ("memcpy", 0), "crc32c": ("crc32c", 0), "sha256": ("sha256", 0),
-    "zlib": ("zlib", 0), "crc32c-weak": ("crc32c", 2), "sha256-sva": ("sha256", 1),
-    "memcpy-sva": ("memcpy", 1),
+    "zlib": ("zlib", 0), "crc32c-weak": ("crc32c", 2), "sha256-weak": ("sha256", 2),
+    "zlib-weak": ("zlib", 2), "sha256-sva": ("sha256", 1), "memcpy-sva": ("memcpy", 1),
 }
 
 

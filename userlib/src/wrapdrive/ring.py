@@ -376,6 +376,8 @@ class Ring:
             self.check_usable()
         if self.reap():
             return self.done.popleft()
+        if self.check_dead():  # nothing will ever complete: say so
+            raise QueueDeadError()
         return None
 
     def recv_batch(self, max_n: int = 0) -> list[Request]:
@@ -384,6 +386,8 @@ class Ring:
             self.check_usable()
         self.reap()
         done = self.done
+        if not done and self.check_dead():
+            raise QueueDeadError()
         if not max_n or max_n >= len(done):
             out = list(done)
             done.clear()

@@ -1,0 +1,171 @@
+"""Death of a queue (its device unbound) as its users see it: every mapping,
+including a doorbell page the driver provides itself, stays readable and writable
+without a fault; the Python userlib and the CLI report a dead queue instead of
+dying of SIGBUS, busy or idle."""
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import kernel_vfio as kv  # noqa: E402
+import wd_modules  # noqa: E402
+
+DRIVER = "/sys/bus/platform/drivers/wd_dummy"
+DEAD_AND_MAPPED = 42
+
+
+def _unbind(dev):
+    return subprocess.Popen(["sh", "-c", f"echo {dev} > {DRIVER}/unbind"])
+
+
+def _rebind(dev):
+    if not os.path.exists(f"{kv.MDEV_BUS}/{dev}"):
+        kv.write(f"{DRIVER}/bind", dev)
+
+
+def _touch_every_page_child(ready_w, tname):
+    """Owns a queue; once it is dead reads and writes every page of every
+    mapping (the doorbell is the driver's own page here); exits 42."""
+    code = 3
+    try:
+        q = kv.Queue("wd_dummy.1", tname)
+        q.own_mdev = False
+        for i in range(3):
+            assert q.run(kv.WD_OP_NOP, tag=i)[:2] == (i, 0)
+        db_off = q.regions[kv.WD_REGION_DOORBELL][2]
+        assert os.pread(q.dev, 4, db_off) == q.db[:4]  # pread reads the same page
+        os.write(ready_w, q.uuid.encode())
+        end = time.monotonic() + 60
+        while not q.status() & kv.WD_Q_DEAD and time.monotonic() < end:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        for m in (q.db, q.sq):
+            for off in range(0, len(m), 4096):
+                m[off] = (m[off] + 1) & 0xFF
+        sum(q.cqr[::4096])
+        kv.store32(q.db, kv.DB_SQ_TAIL, 77)
+        if q.status() & kv.WD_Q_DEAD and kv.struct.unpack_from("<I", q.db, 0)[0] == 77:
+            code = DEAD_AND_MAPPED
+    finally:
+        os._exit(code)
+
+
+def test_driver_provided_doorbell_stays_mapped_after_death():
+    with wd_modules.dummy_with(own_doorbell=1):
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(r)
+            _touch_every_page_child(w, "crc32c")
+        os.close(w)
+        uuid = os.read(r, 64).decode()
+        os.close(r)
+        assert uuid, "the child could not use its queue"
+        unbind = _unbind("wd_dummy.1")
+        try:
+            _, st = os.waitpid(child, 0)
+            assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == DEAD_AND_MAPPED, \
+                f"child wait status {st:#x} (SIGBUS is {signal.SIGBUS})"
+            assert unbind.wait(60) == 0
+        finally:
+            _rebind("wd_dummy.1")
+
+
+SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, os.path.join(os.getcwd(), "userlib", "src"))
+    import wrapdrive
+    from wrapdrive import Request
+    mode = sys.argv[1]
+    q = wrapdrive.request_queue("crc32c")
+    assert q.parent == "wd_dummy.1", q.parent
+    buf = q.alloc(16 << 20)
+    reqs = []
+    if mode == "busy":
+        reqs = [Request(wrapdrive.WD_OP_CRC32C, buf.addr, 16 << 20) for _ in range(64)]
+        q.send_batch(reqs)
+    print("ready", flush=True)
+    end = time.monotonic() + 90
+    try:
+        while time.monotonic() < end:
+            if mode == "busy":
+                q.recv()
+            else:
+                q.send(Request(wrapdrive.WD_OP_NOP, 0, 0))
+                q.recv()
+            time.sleep(0.001)
+    except wrapdrive.QueueDeadError:
+        q.close()
+        print("dead", flush=True)
+        sys.exit(0)
+    sys.exit(3)
+""")
+
+
+def _prefer(dev):
+    """Make the userlib pick dev (the other device's priority out of range)."""
+    other = "wd_dummy.0" if dev == "wd_dummy.1" else "wd_dummy.1"
+    p = f"{kv.MDEV_BUS}/{other}/priority"
+    saved = kv.read(p)
+    kv.write(p, "0")
+    return lambda: kv.write(p, saved)
+
+
+def _userlib_dies_cleanly(mode):
+    restore = _prefer("wd_dummy.1")
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, mode], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    unbind = None
+    try:
+        assert select.select([proc.stdout], [], [], 120)[0]
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        time.sleep(0.2)
+        unbind = _unbind("wd_dummy.1")
+        rc = proc.wait(120)
+        out, err = proc.communicate()
+        assert rc == 0 and "dead" in out, (rc, out, err)
+        assert unbind.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        restore()
+        if unbind is not None:
+            unbind.wait(60)
+        _rebind("wd_dummy.1")
+
+
+def test_userlib_busy_queue_reports_death():
+    _userlib_dies_cleanly("busy")
+
+
+def test_userlib_idle_queue_reports_death():
+    _userlib_dies_cleanly("idle")
+
+
+def test_cli_reports_death_instead_of_a_bus_error(tmp_path):
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.write(os.urandom(16 << 20))
+    restore = _prefer("wd_dummy.1")
+    proc = subprocess.Popen(["wrapdrive", "run", "-q", "crc32c"] + [str(big)] * 400,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    unbind = None
+    try:
+        assert select.select([proc.stdout], [], [], 120)[0]  # the first file is done
+        proc.stdout.readline()
+        unbind = _unbind("wd_dummy.1")
+        rc = proc.wait(300)
+        out, err = proc.communicate()
+        assert rc == 1, (rc, err[-2000:])  # not 135 (SIGBUS), not 0 (it was unbound)
+        assert "dead" in err.lower() or "gone" in err.lower(), err[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        restore()
+        if unbind is not None:
+            unbind.wait(60)
+        _rebind("wd_dummy.1")
