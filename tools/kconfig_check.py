@@ -41,6 +41,17 @@ REQUIREMENTS: tuple[Requirement, ...] = (
 )
 
 
+# Symbols with no prompt of their own, only `select`ed by others: enabled through this one.
+# On virtme-ng's minimal config nothing selects ZLIB_DEFLATE, and setting it directly is a no-op.
+# Since Linux 6.0 VFIO_MDEV has no prompt either: the mtty sample (a module never loaded)
+# is the smallest thing that selects it on x86.
+ENABLED_THROUGH: dict[str, str] = {
+    "ZLIB_DEFLATE": "CRYPTO_DEFLATE",
+    "ZLIB_INFLATE": "CRYPTO_DEFLATE",
+    "VFIO_MDEV": "SAMPLE_VFIO_MDEV_MTTY",
+}
+
+
 def symbol_ok(kconf: Any, name: str, module_ok: bool) -> bool:
     sym = kconf.syms.get(name)
     if sym is None:
@@ -132,6 +143,9 @@ def enable(kconf: Any, name: str, module_ok: bool = True, _depth: int = 0) -> bo
             sym.set_value(value)
             if symbol_ok(kconf, name, module_ok):
                 return True
+    via = ENABLED_THROUGH.get(name)
+    if via is not None and not symbol_ok(kconf, name, module_ok):
+        enable(kconf, via, module_ok, _depth + 1)
     return symbol_ok(kconf, name, module_ok)
 
 
