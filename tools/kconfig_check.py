@@ -24,6 +24,8 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("mediated devices", (("VFIO_MDEV",),)),
     Requirement("VFIO type1 IOMMU (MAP_DMA)", (("VFIO_IOMMU_TYPE1",),)),
     Requirement("debugfs (driver statistics)", (("DEBUG_FS",),), module_ok=False),
+    Requirement("a queue dies with its owner's address space (mmu notifier)",
+                (("MMU_NOTIFIER",),), module_ok=False),
     Requirement("dummy engine: deflate", (("ZLIB_DEFLATE",),)),
     Requirement("dummy engine: inflate", (("ZLIB_INFLATE",),)),
     Requirement("dummy engine: sha256", (("CRYPTO_SHA256",),)),
@@ -49,6 +51,9 @@ ENABLED_THROUGH: dict[str, str] = {
     "ZLIB_DEFLATE": "CRYPTO_DEFLATE",
     "ZLIB_INFLATE": "CRYPTO_DEFLATE",
     "VFIO_MDEV": "SAMPLE_VFIO_MDEV_MTTY",
+    # KVM selects it in distribution kernels; a guest-only kernel without KVM gets it from
+    # the Intel IOMMU's shared virtual memory, which WD_CAPA_SHARE_ALL hardware needs anyway.
+    "MMU_NOTIFIER": "INTEL_IOMMU_SVM",
 }
 
 

@@ -64,6 +64,13 @@ config MODULES
 config DEBUG_FS
 	bool "debugfs"
 
+config MMU_NOTIFIER
+	bool
+
+config INTEL_IOMMU_SVM
+	bool "intel iommu svm"
+	select MMU_NOTIFIER
+
 config VFIO
 	tristate "vfio"
 	depends on MODULES
