@@ -7,7 +7,8 @@ layer running it, so the command lines are tested on the host without building o
 booting anything.
 
   deps          add bookworm-backports, install the Debian packages (root)
-  kernels       fetch + unpack Debian's 6.1 and 6.12 into .cache/kernels/<name>
+  kernels       fetch + unpack Debian's 6.1 and 6.12 into .cache/kernels/<name>;
+                --debug: build (or reuse) the debug kernel instead (tools/debugkernel.py)
   config PATH   check a kernel source tree's Kconfig symbols (--enable-missing fixes)
   build         build wrapdrive.ko and wd_dummy.ko against a kernel into .cache/build/<name>
   lint          checkpatch --strict and sparse on kernel/
@@ -32,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import debugkernel  # noqa: E402
 import guest_session  # noqa: E402
 import kernels  # noqa: E402
 import verdict  # noqa: E402
@@ -86,7 +88,9 @@ def source_tree_name(path: Path) -> str:
 
 
 def resolve_target(spec: str, prepare: bool = True) -> Target:
-    """6.1 / 6.12 (cached Debian kernels) or a PATH to a kernel source tree."""
+    """6.1 / 6.12 (cached Debian kernels), debug (tools/debugkernel.py) or a PATH to a kernel source tree."""
+    if debugkernel.is_spec(spec):
+        return debug_target(spec, prepare)
     if spec in KNOWN_KERNELS:
         k = kernels.prepare_kernel(spec, log=log) if prepare else kernels.kernel(spec)
         return Target(spec, k.kdir, k.image)
@@ -95,6 +99,17 @@ def resolve_target(spec: str, prepare: bool = True) -> Target:
         raise SystemExit(f"--kernel {spec}: neither {'/'.join(KNOWN_KERNELS)} nor a kernel source tree")
     image = path / "arch/x86/boot/bzImage"
     return Target(source_tree_name(path), path.resolve(), image if image.exists() else None, path.resolve())
+
+
+def debug_target(spec: str, prepare: bool = True) -> Target:
+    """The debug kernel: built on first use (minutes), then taken from ~/.cache/wrapdrive."""
+    try:
+        dk = debugkernel.ensure(spec, log=log) if prepare else debugkernel.cached(spec)
+    except debugkernel.DebugKernelError as e:
+        raise kernels.SetupError(str(e)) from e
+    if dk is None:
+        raise kernels.SetupError(f"{spec}: not built yet; run tools/build.py kernels --debug")
+    return Target(dk.name, dk.kdir, dk.image)
 
 
 # --------------------------------------------------------------------------- command lines
@@ -407,13 +422,17 @@ def parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("kernels", help="fetch and unpack Debian's 6.1 and 6.12 into .cache/kernels")
     k.add_argument("--kernel", action="append", choices=KNOWN_KERNELS, help="only this one (repeatable)")
+    k.add_argument(
+        "--debug", nargs="?", const=debugkernel.DEFAULT_SOURCE, choices=sorted(debugkernel.SOURCES),
+        help="build (or reuse) the debug kernel from Debian's linux-source (default 6.1) instead",
+    )  # fmt: skip
 
     c = sub.add_parser("config", help="check a kernel source tree's .config for what WrapDrive needs")
     c.add_argument("tree", type=Path)
     c.add_argument("--enable-missing", action="store_true", help="enable them with kconfiglib and write .config")
 
     b = sub.add_parser("build", help="build wrapdrive.ko and wd_dummy.ko against a kernel")
-    b.add_argument("--kernel", default="6.1", help="6.1, 6.12 or PATH to a kernel source tree (default 6.1)")
+    b.add_argument("--kernel", default="6.1", help="6.1, 6.12, debug or PATH to a kernel source tree (default 6.1)")
     b.add_argument("--enable-missing", action="store_true", help="PATH only: enable missing Kconfig symbols")
     b.add_argument("--werror", action="store_true", help="build from clean and fail on any W=1 warning")
     b.add_argument("--clean", action="store_true", help="build from clean (make clean first)")
@@ -423,7 +442,7 @@ def parser() -> argparse.ArgumentParser:
     li.add_argument("--kernel", action="append", help="kernel(s) whose headers sparse uses (default 6.1)")
 
     r = sub.add_parser("run", help="boot a kernel, load the modules, run CMD; exit with its status")
-    r.add_argument("--kernel", default="6.1", help="6.1, 6.12 or PATH (default 6.1)")
+    r.add_argument("--kernel", default="6.1", help="6.1, 6.12, debug or PATH (default 6.1)")
     r.add_argument("--timeout", type=float, default=float(os.environ.get("WD_VM_TIMEOUT", vm.DEFAULT_BOOT_TIMEOUT)))
     r.add_argument("--no-modules", action="store_true", help="do not load wrapdrive.ko / wd_dummy.ko")
     r.add_argument("--build", action="store_true", help="build the modules first")
@@ -454,7 +473,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         log("installed: " + (" ".join(installed) if installed else "nothing (all present)"))
         return 0
     if args.cmd == "kernels":
-        for name in args.kernel or KNOWN_KERNELS:
+        if args.debug:
+            debug_target(f"{debugkernel.SPEC}-{args.debug}")
+        for name in args.kernel or ([] if args.debug else KNOWN_KERNELS):
             kernels.prepare_kernel(name, log=log)
         return 0
     if args.cmd == "config":

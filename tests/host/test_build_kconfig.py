@@ -26,6 +26,9 @@ config MODULES
 config DEBUG_FS
 	bool "debugfs"
 
+config MMU_NOTIFIER
+	bool "mmu notifier"
+
 config VFIO
 	tristate "vfio"
 	depends on MODULES
@@ -108,6 +111,7 @@ config NEEDS_BROKEN
 COMPLETE = """
 CONFIG_MODULES=y
 CONFIG_DEBUG_FS=y
+CONFIG_MMU_NOTIFIER=y
 CONFIG_VFIO=m
 CONFIG_VFIO_IOMMU_TYPE1=m
 CONFIG_VFIO_MDEV=m
