@@ -60,8 +60,8 @@ def build(session: nox.Session) -> None:
         _run(session, *BUILD, "build", "--kernel", k, "--werror")
 
 
-def _vm(session: nox.Session, kernel: str) -> None:
-    _run(session, PY, "-m", "pytest", "tests/qemu", "--kernel", kernel, "-rfE", "-v", *session.posargs)
+def _vm(session: nox.Session, kernel: str, *options: str) -> None:
+    _run(session, PY, "-m", "pytest", "tests/qemu", "--kernel", kernel, "-rfE", "-v", *options, *session.posargs)
 
 
 @nox.session(name="vm-6.1", venv_backend="none")
@@ -74,6 +74,22 @@ def vm_61(session: nox.Session) -> None:
 def vm_612(session: nox.Session) -> None:
     """Boot 6.12 once, run tests/qemu/guest/test_*.py in it against the real modules."""
     _vm(session, "6.12")
+
+
+# Under KASAN, lockdep and kmemleak in a TCG guest everything runs several times slower.
+DEBUG_VM_TIMEOUT = "3600"
+DEBUG_TEST_TIMEOUT = "900"
+
+
+@nox.session(name="vm-debug", venv_backend="none")
+def vm_debug(session: nox.Session) -> None:
+    """The VM suite on the debug kernel (KASAN, lockdep, kmemleak, UBSAN ...: tools/debug.config),
+    built first when ~/.cache/wrapdrive/kernels has none for the current inputs (15-30 min).
+    A run counts only on a clean boot with lock debugging still on, so one boot checks that
+    first (tools/debugkernel.py boots).  Not a default session yet."""
+    _run(session, *BUILD, "kernels", "--debug")
+    _run(session, PY, str(REPO / "tools" / "debugkernel.py"), "boots", "--count", "1")
+    _vm(session, "debug", "--vm-timeout", DEBUG_VM_TIMEOUT, "--guest-test-timeout", DEBUG_TEST_TIMEOUT)
 
 
 @nox.session(venv_backend="none")
