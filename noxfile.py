@@ -70,10 +70,10 @@ def build(session: nox.Session) -> None:
         _run(session, *BUILD, "build", "--kernel", k, "--werror")
 
 
-def _vm(session: nox.Session, kernel: str) -> None:
+def _vm(session: nox.Session, kernel: str, *options: str) -> None:
     """Extra arguments go to pytest; -k EXPR selects in-guest tests (forwarded into the guest)."""
     _run(session, PY, "-m", "pytest", "tests/qemu", "--kernel", kernel, "-rfE", "-v", f"--durations={DURATIONS}",
-         *session.posargs, limit=LIMIT_VM)  # fmt: skip
+         *options, *session.posargs, limit=LIMIT_VM)  # fmt: skip
 
 
 @nox.session(name="vm-6.1", venv_backend="none")
@@ -86,6 +86,23 @@ def vm_61(session: nox.Session) -> None:
 def vm_612(session: nox.Session) -> None:
     """Boot 6.12 once, run tests/qemu/guest/test_*.py in it against the real modules."""
     _vm(session, "6.12")
+
+
+# Under KASAN, lockdep and kmemleak in a TCG guest everything runs several times slower:
+# every in-guest limit is multiplied by this.
+DEBUG_TIMEOUT_SCALE = "5"
+DEBUG_VM_TIMEOUT = "3400"
+
+
+@nox.session(name="vm-debug", venv_backend="none")
+def vm_debug(session: nox.Session) -> None:
+    """The VM suite on the debug kernel (KASAN, lockdep, kmemleak, UBSAN ...: tools/debug.config),
+    built first when ~/.cache/wrapdrive/kernels has none for the current inputs (15-30 min).
+    A run counts only on a clean boot with lock debugging still on, so one boot checks that
+    first (tools/debugkernel.py boots).  Not a default session yet."""
+    _run(session, *BUILD, "kernels", "--debug", limit=LIMIT_VM)
+    _run(session, PY, str(REPO / "tools" / "debugkernel.py"), "boots", "--count", "1")
+    _vm(session, "debug", "--guest-timeout-scale", DEBUG_TIMEOUT_SCALE, "--vm-timeout", DEBUG_VM_TIMEOUT)
 
 
 @nox.session(venv_backend="none")
