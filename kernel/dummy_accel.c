@@ -46,6 +46,10 @@ static unsigned int nr_priorities;
 module_param_array(priorities, int, &nr_priorities, 0444);
 MODULE_PARM_DESC(priorities, "priority of each device (default 10,20)");
 
+static unsigned int max_queues = WD_DUMMY_MAX_QUEUES;
+module_param(max_queues, uint, 0444);
+MODULE_PARM_DESC(max_queues, "queues per device, all types together (1..4096, default 4096)");
+
 static unsigned int ring_entries = 1024;
 module_param(ring_entries, uint, 0444);
 MODULE_PARM_DESC(ring_entries, "ring entries per queue, a power of two (2..65536, default 1024)");
@@ -133,6 +137,10 @@ struct wd_dummy_io {
 	u32 src_len;
 	u32 dst_len;
 	u32 out_len;
+	u32 result;	/* crc32c: the CRC; zlib: src bytes used */
+	u16 cflags;	/* WD_CF_* */
+	u32 seed;	/* crc32c: starting value */
+	int level;	/* deflate: zlib level */
 };
 
 static int io_read(struct wd_dummy_io *io, u32 off, void *buf, u32 n)
@@ -162,8 +170,6 @@ static int wd_dummy_memcpy(struct wd_dummy_scratch *s, struct wd_dummy_io *io)
 	u32 off, n;
 	int sts;
 
-	if (io->dst_len < io->src_len)
-		return WD_STS_NOSPC;
 	for (off = 0; off < io->src_len; off += n) {
 		n = min_t(u32, io->src_len - off, WD_DUMMY_CHUNK);
 		if (io_read(io, off, s->in, n))
@@ -176,10 +182,10 @@ static int wd_dummy_memcpy(struct wd_dummy_scratch *s, struct wd_dummy_io *io)
 	return WD_STS_OK;
 }
 
-static int wd_dummy_crc32c(struct wd_dummy_scratch *s, struct wd_dummy_io *io,
-			   u32 *result)
+/* CRC-32C continuing from io->seed, a previous result (0 to start). */
+static int wd_dummy_crc32c(struct wd_dummy_scratch *s, struct wd_dummy_io *io)
 {
-	u32 crc = ~0U;
+	u32 crc = ~io->seed;
 	u32 off, n;
 
 	for (off = 0; off < io->src_len; off += n) {
@@ -189,7 +195,7 @@ static int wd_dummy_crc32c(struct wd_dummy_scratch *s, struct wd_dummy_io *io,
 		crc = __crc32c_le(crc, s->in, n);
 		cond_resched();
 	}
-	*result = ~crc;
+	io->result = ~crc;
 	return WD_STS_OK;
 }
 
@@ -199,8 +205,6 @@ static int wd_dummy_sha256(struct wd_dummy_scratch *s, struct wd_dummy_io *io)
 	u8 digest[SHA256_DIGEST_SIZE];
 	u32 off, n;
 
-	if (io->dst_len < WD_SHA256_DIGEST_LEN)
-		return WD_STS_NOSPC;
 	sha256_init(&sctx);
 	for (off = 0; off < io->src_len; off += n) {
 		n = min_t(u32, io->src_len - off, WD_DUMMY_CHUNK);
@@ -219,8 +223,8 @@ static int wd_dummy_deflate(struct wd_dummy_scratch *s, struct wd_dummy_io *io)
 	u32 off = 0, n;
 	int flush, ret, sts = WD_STS_OK;
 
-	if (zlib_deflateInit2(&strm, 6, Z_DEFLATED, MAX_WBITS, DEF_MEM_LEVEL,
-			      Z_DEFAULT_STRATEGY) != Z_OK)
+	if (zlib_deflateInit2(&strm, io->level, Z_DEFLATED, MAX_WBITS,
+			      DEF_MEM_LEVEL, Z_DEFAULT_STRATEGY) != Z_OK)
 		return WD_STS_BAD_DATA;
 	do {
 		n = min_t(u32, io->src_len - off, WD_DUMMY_CHUNK);
@@ -250,6 +254,8 @@ static int wd_dummy_deflate(struct wd_dummy_scratch *s, struct wd_dummy_io *io)
 			 (flush == Z_FINISH && ret != Z_STREAM_END));
 	} while (!sts && flush != Z_FINISH);
 	zlib_deflateEnd(&strm);
+	if (!sts)
+		io->result = io->src_len;
 	return sts;
 }
 
@@ -291,6 +297,11 @@ static int wd_dummy_inflate(struct wd_dummy_scratch *s, struct wd_dummy_io *io)
 	}
 	if (!sts && ret != Z_STREAM_END)
 		sts = WD_STS_BAD_DATA;	/* truncated or empty stream */
+	if (!sts) {
+		/* What follows the stream (trailing data) is the caller's. */
+		io->result = off - strm.avail_in;
+		io->cflags |= WD_CF_STREAM_END;
+	}
 	zlib_inflateEnd(&strm);
 	return sts;
 }
@@ -314,13 +325,13 @@ static bool wd_dummy_op_ok(enum wd_dummy_algo algo, u16 opcode)
 }
 
 static int wd_dummy_run(struct wd_dummy_scratch *s, u16 opcode,
-			struct wd_dummy_io *io, u32 *result)
+			struct wd_dummy_io *io)
 {
 	switch (opcode) {
 	case WD_OP_MEMCPY:
 		return wd_dummy_memcpy(s, io);
 	case WD_OP_CRC32C:
-		return wd_dummy_crc32c(s, io, result);
+		return wd_dummy_crc32c(s, io);
 	case WD_OP_SHA256:
 		return wd_dummy_sha256(s, io);
 	case WD_OP_DEFLATE:
@@ -329,6 +340,44 @@ static int wd_dummy_run(struct wd_dummy_scratch *s, u16 opcode,
 		return wd_dummy_inflate(s, io);
 	}
 	return WD_STS_OK;	/* WD_OP_NOP */
+}
+
+/* A buffer of @len bytes at @addr that wraps around the address space. */
+static bool wd_dummy_wraps(u64 addr, u32 len)
+{
+	return len && addr + (len - 1) < addr;
+}
+
+/* zlib's level for desc.level: WD_LEVEL_DEFAULT, 1..9, WD_LEVEL_STORE. */
+static int wd_dummy_zlib_level(u8 level)
+{
+	if (level == WD_LEVEL_DEFAULT)
+		return Z_DEFAULT_COMPRESSION;
+	return level == WD_LEVEL_STORE ? 0 : level;
+}
+
+/*
+ * The checks made before any memory is touched, in the order of
+ * uapi/wrapdrive.h: the first flaw found is the status.
+ */
+static int wd_dummy_check(enum wd_dummy_algo algo, const struct wd_desc *desc)
+{
+	if (!wd_dummy_op_ok(algo, desc->opcode))
+		return WD_STS_BAD_OPCODE;
+	if (desc->flags || desc->__rsvd[0] || desc->__rsvd[1])
+		return WD_STS_BAD_FLAGS;
+	if (desc->opcode == WD_OP_DEFLATE &&
+	    (desc->level > WD_LEVEL_STORE || desc->flush > WD_FLUSH_FULL))
+		return WD_STS_BAD_FLAGS;
+	if (desc->src_len > WD_MAX_LEN || desc->dst_len > WD_MAX_LEN ||
+	    wd_dummy_wraps(desc->src, desc->src_len) ||
+	    wd_dummy_wraps(desc->dst, desc->dst_len))
+		return WD_STS_BAD_LEN;
+	if ((desc->opcode == WD_OP_MEMCPY && desc->dst_len < desc->src_len) ||
+	    (desc->opcode == WD_OP_SHA256 &&
+	     desc->dst_len < WD_SHA256_DIGEST_LEN))
+		return WD_STS_NOSPC;
+	return WD_STS_OK;
 }
 
 /* Execute one descriptor (already copied out of the ring). */
@@ -341,28 +390,24 @@ static void wd_dummy_exec(struct wd_dummy_dev *d, struct wd_dummy_queue *dq,
 		.dst = desc->dst,
 		.src_len = desc->src_len,
 		.dst_len = desc->dst_len,
+		.seed = desc->seed,
+		.level = wd_dummy_zlib_level(desc->level),
 	};
-	u32 result = 0;
 	int sts;
 
-	if (!wd_dummy_op_ok(dq->algo, desc->opcode))
-		sts = WD_STS_BAD_OPCODE;
-	else if (desc->flags)
-		sts = WD_STS_BAD_FLAGS;
-	else if (desc->src_len > WD_MAX_LEN || desc->dst_len > WD_MAX_LEN ||
-		 desc->src + desc->src_len < desc->src ||
-		 desc->dst + desc->dst_len < desc->dst)
-		sts = WD_STS_BAD_LEN;
-	else
-		sts = wd_dummy_run(&d->scratch, desc->opcode, &io, &result);
-
+	sts = wd_dummy_check(dq->algo, desc);
+	if (!sts)
+		sts = wd_dummy_run(&d->scratch, desc->opcode, &io);
 	if (sts)
 		pr_debug_ratelimited("queue request tag %u opcode %u: status %d\n",
 				     desc->tag, desc->opcode, sts);
-	cqe->tag = desc->tag;
-	cqe->status = sts;
-	cqe->out_len = sts ? 0 : io.out_len;
-	cqe->result = sts ? 0 : result;
+	*cqe = (struct wd_cqe) {
+		.tag = desc->tag,
+		.status = sts,
+		.flags = sts ? 0 : io.cflags,
+		.out_len = sts ? 0 : io.out_len,
+		.result = sts ? 0 : io.result,
+	};
 }
 
 /* ---------------------------------------------------------------------- */
@@ -607,7 +652,7 @@ static int wd_dummy_selfbench(struct wd_accel *accel, const char *algo,
 {
 	struct wd_dummy_scratch s = {};
 	struct wd_dummy_io io = {};
-	u32 i, result, dst_len;
+	u32 i, dst_len;
 	u16 opcode;
 	u8 *src, *dst;
 	u64 t0;
@@ -639,10 +684,11 @@ static int wd_dummy_selfbench(struct wd_accel *accel, const char *algo,
 	io.kdst = dst;
 	io.src_len = size;
 	io.dst_len = dst_len;
+	io.level = Z_DEFAULT_COMPRESSION;
 	t0 = ktime_get_ns();
 	for (i = 0; i < count; i++) {
 		io.out_len = 0;
-		sts = wd_dummy_run(&s, opcode, &io, &result);
+		sts = wd_dummy_run(&s, opcode, &io);
 		if (sts) {
 			ret = -EIO;
 			goto out;
@@ -677,7 +723,7 @@ static int wd_dummy_probe(struct platform_device *pdev)
 	struct wd_accel_info info = {
 		.name = WD_DUMMY_NAME,
 		.owner = THIS_MODULE,
-		.max_queues = WD_DUMMY_MAX_QUEUES,
+		.max_queues = max_queues,
 		.ring_entries = ring_entries,
 		.capas = wd_dummy_capas,
 		.nr_capas = ARRAY_SIZE(wd_dummy_capas),
@@ -763,6 +809,10 @@ static int __init wd_dummy_init(void)
 
 	if (!nr_devices || nr_devices > WD_DUMMY_MAX_DEVS) {
 		pr_err("nr_devices must be 1..%d\n", WD_DUMMY_MAX_DEVS);
+		return -EINVAL;
+	}
+	if (!max_queues || max_queues > WD_DUMMY_MAX_QUEUES) {
+		pr_err("max_queues must be 1..%d\n", WD_DUMMY_MAX_QUEUES);
 		return -EINVAL;
 	}
 	if (ring_entries < 2 || ring_entries > 65536 ||

@@ -3,7 +3,7 @@
  * WrapDrive: the differences between the kernels it supports (6.1, 6.12).
  *
  * Kbuild probes the headers of the target kernel and defines:
- *   HAVE_VM_FLAGS_SET            vm_flags_set() exists; vma->vm_flags is
+ *   HAVE_VM_FLAGS_SET            vm_flags_set()/_clear() exist; vma->vm_flags is
  *                                read-only (6.3+)
  *   HAVE_VFIO_FREE_DEVICE        vfio_device_ops.release must call
  *                                vfio_free_device() (6.1)
@@ -27,6 +27,16 @@ static inline void wd_vm_flags_set(struct vm_area_struct *vma,
 	vm_flags_set(vma, flags);
 #else
 	vma->vm_flags |= flags;
+#endif
+}
+
+static inline void wd_vm_flags_clear(struct vm_area_struct *vma,
+				     vm_flags_t flags)
+{
+#ifdef HAVE_VM_FLAGS_SET
+	vm_flags_clear(vma, flags);
+#else
+	vma->vm_flags &= ~flags;
 #endif
 }
 

@@ -85,22 +85,17 @@ struct wd_accel {
 	char bench_result[96];
 };
 
-/* A user mapping of a queue's regions, for zapping when the queue dies. */
-struct wd_vma {
-	struct list_head node;
-	struct vm_area_struct *vma;
-};
-
 /*
  * struct wd_queue - one queue: an mdev and its VFIO device.
  * Locking: open/engine_on/dead change under accel->lock; @dead is also
- * read locklessly (READ_ONCE) by the fd operations and the fault handler.
- * The regions (@ring, @db) exist from open_device to close_device and are
- * only touched by the engine between queue_open and queue_close.
- * @sq_head, @cq_tail and @status are owned by the engine while engine_on,
- * by WrapDrive otherwise.  @irq_lock protects @trigger and @irq_masked.
- * @pin_lock protects @pins (iova pfn -> tagged struct page *).  @vma_lock
- * protects @vmas; lock order: the owner's mmap_lock, then @vma_lock.
+ * read locklessly (READ_ONCE) by the fd operations.  The regions (@db,
+ * @cqr, @sq) exist from open_device to close_device: a mapping holds the
+ * device file, so they outlive every mapping of them and a dead queue's
+ * mappings stay valid.  The engine only touches them between queue_open
+ * and queue_close.  @sq_head, @cq_tail and @status are owned by the engine
+ * while engine_on, by WrapDrive otherwise.  @irq_lock protects @trigger
+ * and @irq_masked.  @pin_lock protects @pins (iova pfn -> tagged struct
+ * page *).
  */
 struct wd_queue {
 	struct vfio_device vdev;	/* must be first */
@@ -112,11 +107,12 @@ struct wd_queue {
 	bool engine_on;
 	bool dead;
 	struct mm_struct *mm;
-	void *ring;
-	size_t ring_size;
-	struct wd_doorbell *db;
+	struct wd_doorbell *db;		/* WD_REGION_DOORBELL */
+	void *cqr;			/* WD_REGION_CQ: @hdr, then @cq */
+	size_t cqr_size;
+	struct wd_desc *sq;		/* WD_REGION_SQ */
+	size_t sq_size;
 	struct wd_ring_hdr *hdr;
-	struct wd_desc *sq;
 	struct wd_cqe *cq;
 	u32 entries;
 	u32 sq_head;
@@ -128,8 +124,6 @@ struct wd_queue {
 	struct mutex pin_lock;		/* pins */
 	struct xarray pins;
 	atomic64_t nr_pinned;
-	struct mutex vma_lock;		/* vmas; after mmap_lock */
-	struct list_head vmas;
 	void *priv;
 	atomic64_t submitted;
 	atomic64_t completed;
@@ -442,15 +436,16 @@ static void wd_queue_init_ring(struct wd_queue *q)
 	struct wd_ring_hdr *hdr = q->hdr;
 
 	memset(q->db, 0, PAGE_SIZE);
-	memset(q->ring, 0, q->ring_size);
+	memset(q->cqr, 0, q->cqr_size);
+	memset(q->sq, 0, q->sq_size);
 	hdr->magic = WD_RING_MAGIC;
 	hdr->version = WD_ABI_VERSION;
 	hdr->entries = q->entries;
 	hdr->desc_size = sizeof(struct wd_desc);
 	hdr->cqe_size = sizeof(struct wd_cqe);
-	hdr->sq_off = (void *)q->sq - q->ring;
-	hdr->cq_off = (void *)q->cq - q->ring;
+	hdr->cq_off = (void *)q->cq - q->cqr;
 	hdr->capa_flags = q->mtype->capa->flags;
+	hdr->max_streams = 0;
 	q->sq_head = 0;
 	q->cq_tail = 0;
 	q->status = 0;
@@ -481,43 +476,32 @@ static void wd_queue_stop_locked(struct wd_queue *q)
 	q->engine_on = false;
 }
 
-/* Zap every user mapping of @q: later accesses fault and get SIGBUS. */
-static void wd_queue_zap(struct wd_queue *q)
-{
-	struct wd_vma *v;
-
-	if (!q->mm || !mmget_not_zero(q->mm))
-		return;
-	mmap_read_lock(q->mm);
-	mutex_lock(&q->vma_lock);
-	list_for_each_entry(v, &q->vmas, node)
-		zap_vma_ptes(v->vma, v->vma->vm_start,
-			     v->vma->vm_end - v->vma->vm_start);
-	mutex_unlock(&q->vma_lock);
-	mmap_read_unlock(q->mm);
-	mmput(q->mm);
-}
-
-static void wd_queue_kill_locked(struct wd_queue *q)
+/*
+ * Stop @q for good: WD_Q_DEAD (plus @why) in the status, the eventfd
+ * signalled.  The mappings stay: the regions live until close_device, so a
+ * user reads DEAD on its next look instead of faulting.
+ */
+static void wd_queue_kill_locked(struct wd_queue *q, u32 why)
 {
 	lockdep_assert_held(&q->accel->lock);
 	wd_queue_stop_locked(q);
 	WRITE_ONCE(q->dead, true);
 	if (!q->open)
 		return;
-	q->status = (q->status & ~WD_Q_ENGINE_IDLE) | WD_Q_DEAD;
+	q->status = (q->status & ~WD_Q_ENGINE_IDLE) | WD_Q_DEAD | why;
 	WRITE_ONCE(q->hdr->status, q->status);
 	/* DEAD is visible before the eventfd wakes the user. */
 	smp_mb();
 	wd_queue_signal(q, true);
-	wd_queue_zap(q);
 }
 
 static void wd_queue_free_regions(struct wd_queue *q)
 {
-	vfree(q->ring);
+	vfree(q->sq);
+	vfree(q->cqr);
 	vfree(q->db);
-	q->ring = NULL;
+	q->sq = NULL;
+	q->cqr = NULL;
 	q->db = NULL;
 }
 
@@ -525,7 +509,6 @@ static int wd_vfio_open(struct vfio_device *vdev)
 {
 	struct wd_queue *q = vdev_to_q(vdev);
 	struct wd_accel *accel = q->accel;
-	size_t sq_bytes, cq_bytes;
 	int ret;
 
 	if (!current->mm)
@@ -534,18 +517,18 @@ static int wd_vfio_open(struct vfio_device *vdev)
 		return -ENODEV;
 
 	q->entries = accel->info.ring_entries;
-	sq_bytes = PAGE_ALIGN(q->entries * sizeof(struct wd_desc));
-	cq_bytes = PAGE_ALIGN(q->entries * sizeof(struct wd_cqe));
-	q->ring_size = PAGE_SIZE + sq_bytes + cq_bytes;
-	q->ring = vmalloc_user(q->ring_size);
+	q->sq_size = PAGE_ALIGN(q->entries * sizeof(struct wd_desc));
+	q->cqr_size = PAGE_SIZE +
+		      PAGE_ALIGN(q->entries * sizeof(struct wd_cqe));
 	q->db = vmalloc_user(PAGE_SIZE);
-	if (!q->ring || !q->db) {
+	q->cqr = vmalloc_user(q->cqr_size);
+	q->sq = vmalloc_user(q->sq_size);
+	if (!q->db || !q->cqr || !q->sq) {
 		ret = -ENOMEM;
 		goto err_free;
 	}
-	q->hdr = q->ring;
-	q->sq = q->ring + PAGE_SIZE;
-	q->cq = q->ring + PAGE_SIZE + sq_bytes;
+	q->hdr = q->cqr;
+	q->cq = q->cqr + PAGE_SIZE;
 	wd_queue_init_ring(q);
 	q->irq_masked = false;
 	q->trigger = NULL;
@@ -611,7 +594,6 @@ static void wd_vfio_release(struct vfio_device *vdev)
 	struct wd_queue *q = vdev_to_q(vdev);
 
 	mutex_destroy(&q->pin_lock);
-	mutex_destroy(&q->vma_lock);
 	xa_destroy(&q->pins);
 	wd_vfio_free_device(vdev);
 }
@@ -627,13 +609,16 @@ static void wd_vfio_dma_unmap(struct vfio_device *vdev, u64 iova, u64 length)
 	mutex_unlock(&q->pin_lock);
 }
 
+/* Removal waits for the user: the queue dies, and asks to be released. */
 static void wd_vfio_request(struct vfio_device *vdev, unsigned int count)
 {
 	struct wd_queue *q = vdev_to_q(vdev);
 
 	if (count == 0)
 		dev_info(vdev->dev, "device removal requested, waiting for user to release the queue\n");
-	wd_queue_signal(q, true);
+	mutex_lock(&q->accel->lock);
+	wd_queue_kill_locked(q, WD_Q_RELEASE);
+	mutex_unlock(&q->accel->lock);
 }
 
 /* Common checks of every fd operation. */
@@ -666,7 +651,20 @@ static int wd_ioctl_get_info(struct wd_queue *q, void __user *arg)
 
 static size_t wd_region_size(struct wd_queue *q, unsigned int index)
 {
-	return index == WD_REGION_DOORBELL ? PAGE_SIZE : q->ring_size;
+	switch (index) {
+	case WD_REGION_DOORBELL:
+		return PAGE_SIZE;
+	case WD_REGION_CQ:
+		return q->cqr_size;
+	default:
+		return q->sq_size;
+	}
+}
+
+/* The device-written region is read-only to user space. */
+static bool wd_region_writable(unsigned int index)
+{
+	return index != WD_REGION_CQ;
 }
 
 static int wd_ioctl_region_info(struct wd_queue *q, void __user *arg)
@@ -680,8 +678,9 @@ static int wd_ioctl_region_info(struct wd_queue *q, void __user *arg)
 		return -EINVAL;
 	if (info.index >= WD_NUM_REGIONS)
 		return -EINVAL;
-	info.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE |
-		     VFIO_REGION_INFO_FLAG_MMAP;
+	info.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_MMAP;
+	if (wd_region_writable(info.index))
+		info.flags |= VFIO_REGION_INFO_FLAG_WRITE;
 	info.cap_offset = 0;
 	info.size = wd_region_size(q, info.index);
 	info.offset = WD_REGION_OFFSET(info.index);
@@ -841,7 +840,14 @@ static long wd_vfio_ioctl(struct vfio_device *vdev, unsigned int cmd,
 
 static void *wd_region_base(struct wd_queue *q, unsigned int index)
 {
-	return index == WD_REGION_DOORBELL ? (void *)q->db : q->ring;
+	switch (index) {
+	case WD_REGION_DOORBELL:
+		return q->db;
+	case WD_REGION_CQ:
+		return q->cqr;
+	default:
+		return q->sq;
+	}
 }
 
 static ssize_t wd_vfio_rw(struct wd_queue *q, char __user *ubuf, size_t count,
@@ -862,6 +868,8 @@ static ssize_t wd_vfio_rw(struct wd_queue *q, char __user *ubuf, size_t count,
 	if (off >= size || count > size - off)
 		return -EINVAL;
 	base = wd_region_base(q, index);
+	if (write && !wd_region_writable(index))
+		return -EINVAL;
 	if (write) {
 		/* Registers are 32-bit: aligned, whole-word accesses only. */
 		if (index == WD_REGION_DOORBELL && ((off | count) & 3))
@@ -890,41 +898,14 @@ static ssize_t wd_vfio_write(struct vfio_device *vdev, const char __user *buf,
 			  true);
 }
 
-static void wd_vm_open(struct vm_area_struct *vma)
-{
-	struct wd_queue *q = vma->vm_private_data;
-	struct wd_vma *v = kzalloc(sizeof(*v), GFP_KERNEL | __GFP_NOFAIL);
-
-	v->vma = vma;
-	mutex_lock(&q->vma_lock);
-	list_add(&v->node, &q->vmas);
-	mutex_unlock(&q->vma_lock);
-}
-
-static void wd_vm_close(struct vm_area_struct *vma)
-{
-	struct wd_queue *q = vma->vm_private_data;
-	struct wd_vma *v, *tmp;
-
-	mutex_lock(&q->vma_lock);
-	list_for_each_entry_safe(v, tmp, &q->vmas, node) {
-		if (v->vma == vma) {
-			list_del(&v->node);
-			kfree(v);
-			break;
-		}
-	}
-	mutex_unlock(&q->vma_lock);
-}
-
 static int wd_vm_may_split(struct vm_area_struct *vma, unsigned long addr)
 {
 	return -EINVAL;
 }
 
 /*
- * Populate on demand.  @vma_lock orders this against wd_queue_zap(): a
- * page is either inserted before the zap (and zapped) or sees @dead.
+ * Populate on demand.  The regions outlive every mapping of them (a vma
+ * holds the device file, close_device frees them), dead queue or not.
  */
 static vm_fault_t wd_vm_fault(struct vm_fault *vmf)
 {
@@ -932,20 +913,14 @@ static vm_fault_t wd_vm_fault(struct vm_fault *vmf)
 	struct wd_queue *q = vma->vm_private_data;
 	unsigned int index = vmf->pgoff >> (WD_REGION_SHIFT - PAGE_SHIFT);
 	u64 off = (u64)vmf->pgoff << PAGE_SHIFT & WD_REGION_MASK;
-	vm_fault_t ret = VM_FAULT_SIGBUS;
 
-	mutex_lock(&q->vma_lock);
-	if (!READ_ONCE(q->dead) && index < WD_NUM_REGIONS &&
-	    off < wd_region_size(q, index))
-		ret = vmf_insert_pfn(vma, vmf->address,
-				     vmalloc_to_pfn(wd_region_base(q, index) + off));
-	mutex_unlock(&q->vma_lock);
-	return ret;
+	if (index >= WD_NUM_REGIONS || off >= wd_region_size(q, index))
+		return VM_FAULT_SIGBUS;
+	return vmf_insert_pfn(vma, vmf->address,
+			      vmalloc_to_pfn(wd_region_base(q, index) + off));
 }
 
 static const struct vm_operations_struct wd_vm_ops = {
-	.open = wd_vm_open,
-	.close = wd_vm_close,
 	.may_split = wd_vm_may_split,
 	.fault = wd_vm_fault,
 };
@@ -969,12 +944,16 @@ static int wd_vfio_mmap(struct vfio_device *vdev, struct vm_area_struct *vma)
 		return -EINVAL;
 	if (!(vma->vm_flags & VM_SHARED))
 		return -EINVAL;
+	if (!wd_region_writable(index)) {
+		if (vma->vm_flags & VM_WRITE)
+			return -EACCES;
+		wd_vm_flags_clear(vma, VM_MAYWRITE);
+	}
 
 	wd_vm_flags_set(vma, VM_PFNMAP | VM_DONTCOPY | VM_DONTEXPAND |
 			VM_DONTDUMP);
 	vma->vm_ops = &wd_vm_ops;
 	vma->vm_private_data = q;
-	wd_vm_open(vma);
 	return 0;
 }
 
@@ -1104,9 +1083,7 @@ static int wd_mdev_probe(struct mdev_device *mdev)
 	q->mtype = mt;
 	spin_lock_init(&q->irq_lock);
 	mutex_init(&q->pin_lock);
-	mutex_init(&q->vma_lock);
 	xa_init(&q->pins);
-	INIT_LIST_HEAD(&q->vmas);
 	INIT_LIST_HEAD(&q->node);
 
 	ret = vfio_register_emulated_iommu_dev(&q->vdev);
@@ -1445,7 +1422,7 @@ void wd_unregister_accel(struct wd_accel *accel)
 	mutex_lock(&accel->lock);
 	accel->dead = true;
 	list_for_each_entry(q, &accel->queues, node)
-		wd_queue_kill_locked(q);
+		wd_queue_kill_locked(q, 0);
 	mutex_unlock(&accel->lock);
 
 	wd_accel_remove_capa_groups(accel);

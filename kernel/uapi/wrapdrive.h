@@ -86,22 +86,25 @@
  *
  * Requests
  *   Every request taken by the device completes with exactly one struct
- *   wd_cqe.  A bad request never stops the queue.  The device checks a
- *   descriptor in this order and reports the first flaw it finds:
+ *   wd_cqe.  A bad request never stops the queue.  Before it touches any
+ *   memory the device checks a descriptor in this order and reports the
+ *   first flaw it finds:
  *     WD_STS_BAD_OPCODE  opcode unknown or not of this queue's algo_type
  *     WD_STS_BAD_FLAGS   a flag bit not defined for the opcode, a reserved
- *                        field not 0, or a zlib flush/level out of range
+ *                        field not 0, or a deflate flush/level out of range
  *     WD_STS_BAD_LEN     src_len or dst_len over WD_MAX_LEN, or a buffer
  *                        that wraps around the address space
  *     WD_STS_BAD_CHAIN   a chaining error (see "Chaining")
+ *     WD_STS_NOSPC       dst_len too small for an output whose size the
+ *                        lengths tell (memcpy, a sha256 digest)
+ *   Then, executing it, the first of these it meets:
  *     WD_STS_BAD_ADDR    a buffer (or the sha256 context) not shared with
  *                        the device, not writable where it must be, or
  *                        lying in any WrapDrive queue's own regions
  *     WD_STS_NOMEM       the device is out of stream memory; retry later
- *     WD_STS_NOSPC       dst_len too small for the output (one-shot)
+ *     WD_STS_NOSPC       the output does not fit in dst (one-shot zlib)
  *     WD_STS_BAD_DATA    corrupt input (inflate)
- *   BAD_ADDR, NOSPC and BAD_DATA can also be found part-way through.  On
- *   any status but WD_STS_OK, out_len and result are 0 and dst may have
+ *   On any status but WD_STS_OK, out_len and result are 0 and dst may have
  *   been partly written.  A length of 0 touches no memory, so its address
  *   is not checked (0 is fine).
  *   WD_OP_NOP completes with WD_STS_OK on every queue; it checks flags,
@@ -120,7 +123,7 @@
  *                  dst_len >= 32.  Chained: see below.
  *   WD_OP_DEFLATE  dst <- a zlib stream (RFC 1950) of src at desc.level
  *                  (0: zlib's default, 6; 1..9; WD_LEVEL_STORE: stored
- *                  blocks).  One-shot output fits in WD_DEFLATE_BOUND(src_len).
+ *                  blocks).  One-shot output fits in wd_deflate_bound(src_len).
  *   WD_OP_INFLATE  dst <- the data of the zlib stream at the start of src.
  *                  Inflate stops at the end of the first stream: cqe.flags
  *                  has WD_CF_STREAM_END and cqe.result is the number of src
@@ -259,9 +262,11 @@
 #define WD_SHA256_BLOCK_LEN	64
 #define WD_SHA256_CTX_MAGIC	0x32414853	/* "SHA2" little endian */
 
-/* Output room that always holds a one-shot deflate of n bytes. */
-#define WD_DEFLATE_BOUND(n)	((n) + ((n) >> 12) + ((n) >> 14) + \
-				 ((n) >> 25) + 13)
+/* Output room that always holds a one-shot deflate of @n bytes. */
+static inline __u64 wd_deflate_bound(__u64 n)
+{
+	return n + (n >> 12) + (n >> 14) + (n >> 25) + 13;
+}
 
 /* A submission descriptor: 64 bytes. */
 struct wd_desc {

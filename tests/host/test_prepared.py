@@ -31,7 +31,7 @@ def _run(start: int, prepared: bool, rounds: int) -> list[tuple[int, ...]]:
         seen += descs
         for d in descs:
             f.complete(d[0])
-        assert len(r.recv_raw()) == 4 * len(SRCS)
+        assert len(r.recv_raw()) == uapi.CQE_VALUES * len(SRCS)
     return seen
 
 
@@ -61,7 +61,7 @@ def test_prepared_is_all_or_nothing_when_full() -> None:
 def test_prepared_templates_are_per_slot_and_cached() -> None:
     pb = PreparedBatch(uapi.WD_OP_CRC32C, [0x1000] * 2, [8] * 2)
     t = pb.template(8, 7)
-    assert [uapi.DESC_STRUCT.unpack_from(t, i * 32)[0] for i in range(2)] == [7, 0]
+    assert [uapi.DESC_STRUCT.unpack_from(t, i * uapi.DESC_STRUCT.size)[0] for i in range(2)] == [7, 0]
     assert pb.template(8, 7) is t
 
 

@@ -20,6 +20,7 @@ HEADER = REPO / "kernel" / "uapi" / "wrapdrive.h"
 WD_STRUCTS = {
     "wd_desc": uapi.WdDesc,
     "wd_cqe": uapi.WdCqe,
+    "wd_sha256_ctx": uapi.WdSha256Ctx,
     "wd_doorbell": uapi.WdDoorbell,
     "wd_ring_hdr": uapi.WdRingHdr,
 }
@@ -126,7 +127,7 @@ def test_every_c_field_is_mirrored() -> None:
     for cname, py in WD_STRUCTS.items():
         body = re.search(rf"struct {cname} {{(.*?)}};", text, re.DOTALL)
         assert body, cname
-        fields = re.findall(r"__[us]\d+\s+(\w+)(?:\[\d+\])?;", body.group(1))
+        fields = re.findall(r"__[us]\d+\s+(\w+)(?:\[\w+\])?;", body.group(1))
         pyfields = [n.lstrip("_") for n, *_ in py._fields_]
         assert [f.lstrip("_") for f in fields] == pyfields, cname
 
@@ -134,10 +135,16 @@ def test_every_c_field_is_mirrored() -> None:
 def test_struct_formats_match_ctypes() -> None:
     assert uapi.DESC_STRUCT.size == ctypes.sizeof(uapi.WdDesc)
     assert uapi.CQE_STRUCT.size == ctypes.sizeof(uapi.WdCqe)
-    d = uapi.WdDesc(tag=1, opcode=2, flags=3, src=4, dst=5, src_len=6, dst_len=7)
-    assert uapi.DESC_STRUCT.unpack(bytes(d)) == (1, 2, 3, 4, 5, 6, 7)
-    c = uapi.WdCqe(tag=9, status=8, out_len=7, result=6)
-    assert uapi.CQE_STRUCT.unpack(bytes(c)) == (9, 8, 7, 6)
+    d = uapi.WdDesc(tag=1, opcode=2, flags=3, src=4, dst=5, src_len=6, dst_len=7, ctx=8,
+                    seed=9, stream=10, level=11, flush=12)
+    assert uapi.DESC_STRUCT.unpack(bytes(d)) == (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0, 0)
+    c = uapi.WdCqe(tag=9, status=8, flags=5, out_len=7, result=6)
+    assert uapi.CQE_STRUCT.unpack(bytes(c)) == (9, 8, 5, 7, 6)
+    fields = c_fields(uapi.WdCqe)
+    assert [fields[i] for i in (uapi.CQE_STATUS, uapi.CQE_FLAGS, uapi.CQE_OUT_LEN,
+                                uapi.CQE_RESULT)] == ["status", "flags", "out_len", "result"]
+    assert 1 << uapi.DESC_SHIFT == uapi.DESC_STRUCT.size
+    assert 1 << uapi.CQE_SHIFT == uapi.CQE_STRUCT.size
 
 
 def test_eventfd_struct_is_irq_set_plus_s32() -> None:

@@ -19,6 +19,9 @@ from wrapdrive.ring import Request, Ring, desc_struct
 ENTRIES = 8
 SQ_OFF = 4096
 CQ_OFF = SQ_OFF + 4096
+DESC_SIZE = uapi.DESC_STRUCT.size
+CQE_SIZE = uapi.CQE_STRUCT.size
+NO_CHAIN = (0,) * (uapi.DESC_VALUES - 7)  # ctx, seed, stream, level, flush, reserved
 
 
 class FakeRegions:
@@ -29,8 +32,8 @@ class FakeRegions:
         self.hdr = memoryview(self.ring_mm)[:256].cast("I")
         self.hdr[uapi.HDR_CQ_TAIL_WORD] = start
         self.hdr[uapi.HDR_SQ_HEAD_WORD] = start
-        self.sq = memoryview(self.ring_mm)[SQ_OFF:SQ_OFF + ENTRIES * 32]
-        self.cq = memoryview(self.ring_mm)[CQ_OFF:CQ_OFF + ENTRIES * 16]
+        self.sq = memoryview(self.ring_mm)[SQ_OFF:SQ_OFF + ENTRIES * DESC_SIZE]
+        self.cq = memoryview(self.ring_mm)[CQ_OFF:CQ_OFF + ENTRIES * CQE_SIZE]
         self.kicks: list[int] = []
         self.dev_sq_head = start
 
@@ -46,14 +49,14 @@ class FakeRegions:
         tail = self.db[uapi.DB_SQ_TAIL_WORD]
         while self.dev_sq_head != tail:
             slot = self.dev_sq_head & (ENTRIES - 1)
-            out.append(uapi.DESC_STRUCT.unpack_from(self.sq, slot * 32))
+            out.append(uapi.DESC_STRUCT.unpack_from(self.sq, slot * DESC_SIZE))
             self.dev_sq_head = (self.dev_sq_head + 1) & 0xFFFFFFFF
         self.hdr[uapi.HDR_SQ_HEAD_WORD] = self.dev_sq_head
         return out
 
     def complete(self, tag: int, status: int = 0, out_len: int = 0, result: int = 0) -> None:
         tail = self.hdr[uapi.HDR_CQ_TAIL_WORD]
-        uapi.CQE_STRUCT.pack_into(self.cq, (tail & (ENTRIES - 1)) * 16, tag, status,
+        uapi.CQE_STRUCT.pack_into(self.cq, (tail & (ENTRIES - 1)) * CQE_SIZE, tag, status, 0,
                                   out_len, result)
         self.hdr[uapi.HDR_CQ_TAIL_WORD] = (tail + 1) & 0xFFFFFFFF
 
@@ -72,7 +75,7 @@ def test_send_fills_slots_and_stops_when_full(start: int) -> None:
     assert f.db[uapi.DB_SQ_TAIL_WORD] == (start + ENTRIES) & 0xFFFFFFFF
     descs = f.consume()
     assert [d[0] for d in descs] == [(start + i) & 0xFFFFFFFF for i in range(ENTRIES)]
-    assert descs[3] == ((start + 3) & 0xFFFFFFFF, uapi.WD_OP_CRC32C, 0, 0x1003, 0, 67, 0)
+    assert descs[3] == ((start + 3) & 0xFFFFFFFF, uapi.WD_OP_CRC32C, 0, 0x1003, 0, 67, 0, *NO_CHAIN)
     assert not r.try_send(req(99))  # consumed but not completed: still full
     f.complete(descs[0][0], result=0xABC)
     assert r.try_send(req(100))  # the completion is reaped to make room
@@ -131,11 +134,11 @@ def test_raw_batch_round_trip() -> None:
     r = f.ring()
     first = r.send_raw(uapi.WD_OP_SHA256, [10, 20, 30], [1, 2, 3], [40, 50, 60], [32] * 3)
     assert first == 6
-    assert f.consume() == [(6, 3, 0, 10, 40, 1, 32), (7, 3, 0, 20, 50, 2, 32),
-                           (8, 3, 0, 30, 60, 3, 32)]
+    assert f.consume() == [(6, 3, 0, 10, 40, 1, 32, *NO_CHAIN), (7, 3, 0, 20, 50, 2, 32, *NO_CHAIN),
+                           (8, 3, 0, 30, 60, 3, 32, *NO_CHAIN)]
     for t in (6, 7, 8):
         f.complete(t, out_len=32)
-    assert r.recv_raw() == (6, 0, 32, 0, 7, 0, 32, 0, 8, 0, 32, 0)
+    assert r.recv_raw() == (6, 0, 0, 32, 0, 7, 0, 0, 32, 0, 8, 0, 0, 32, 0)
     assert r.recv_raw() == ()
     with pytest.raises(BlockingIOError):
         r.send_raw(uapi.WD_OP_NOP, [0] * 9, [0] * 9)
@@ -143,8 +146,8 @@ def test_raw_batch_round_trip() -> None:
 
 def test_multi_descriptor_struct_is_cached_and_exact() -> None:
     s = desc_struct(5)
-    assert s is desc_struct(5) and s.size == 5 * 32
-    assert s.format == "<" + "IHHQQII" * 5
+    assert s is desc_struct(5) and s.size == 5 * DESC_SIZE
+    assert s.format == "<" + uapi.DESC_FORMAT * 5
 
 
 def test_errors_dead_released_oversized() -> None:
@@ -248,5 +251,5 @@ def test_crc32c_reference_and_combine() -> None:
 
 
 def test_struct_formats_little_endian() -> None:
-    assert struct.calcsize("<" + uapi.DESC_FORMAT) == 32
+    assert struct.calcsize("<" + uapi.DESC_FORMAT) == 64
     assert struct.calcsize("<" + uapi.CQE_FORMAT) == 16

@@ -1,15 +1,23 @@
 """Tiny VFIO/WrapDrive helper for the in-guest kernel tests (stdlib only).
 
 Deliberately independent of the userlib: it talks to the kernel ABI
-(kernel/uapi/wrapdrive.h) directly so the kernel can be tested on its own.
+(kernel/uapi/wrapdrive.h, compiled: see abi.py) directly so the kernel can be
+tested on its own.
 """
+import collections
 import ctypes
 import errno
 import mmap
 import os
+import socket
 import struct
+import sys
 import time
 import uuid as uuidlib
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import abi  # noqa: E402  (compiled from kernel/uapi/wrapdrive.h and <linux/vfio.h>)
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
@@ -19,56 +27,23 @@ MDEV_BUS = "/sys/class/mdev_bus"
 MDEV_DEVICES = "/sys/bus/mdev/devices"
 DEBUGFS = "/sys/kernel/debug/wrapdrive"
 
+# Every WD_* and VFIO_* constant, as the compiler sees the headers.
+globals().update(abi.CONST)
 
-def _io(nr):
-    return (ord(";") << 8) | (100 + nr)
+DESC = abi.Layout("wd_desc")
+CQE = abi.Layout("wd_cqe")
+HDR = abi.Layout("wd_ring_hdr")
+DB = abi.Layout("wd_doorbell")
+SHA_CTX = abi.Layout("wd_sha256_ctx")
+DB_SQ_TAIL = DB.fields["sq_tail"][0]
+DB_CQ_HEAD = DB.fields["cq_head"][0]
+DB_IRQ_REQUEST = DB.fields["irq_request"][0]
+HDR_CQ_TAIL = HDR.fields["cq_tail"][0]
+HDR_STATUS = HDR.fields["status"][0]
 
 
-VFIO_GET_API_VERSION = _io(0)
-VFIO_CHECK_EXTENSION = _io(1)
-VFIO_SET_IOMMU = _io(2)
-VFIO_GROUP_GET_STATUS = _io(3)
-VFIO_GROUP_SET_CONTAINER = _io(4)
-VFIO_GROUP_GET_DEVICE_FD = _io(6)
-VFIO_DEVICE_GET_INFO = _io(7)
-VFIO_DEVICE_GET_REGION_INFO = _io(8)
-VFIO_DEVICE_GET_IRQ_INFO = _io(9)
-VFIO_DEVICE_SET_IRQS = _io(10)
-VFIO_DEVICE_RESET = _io(11)
-VFIO_IOMMU_MAP_DMA = _io(13)
-VFIO_IOMMU_UNMAP_DMA = _io(14)
-VFIO_TYPE1v2_IOMMU = 3
-
-VFIO_IRQ_SET_DATA_NONE = 1 << 0
-VFIO_IRQ_SET_DATA_BOOL = 1 << 1
-VFIO_IRQ_SET_DATA_EVENTFD = 1 << 2
-VFIO_IRQ_SET_ACTION_MASK = 1 << 3
-VFIO_IRQ_SET_ACTION_UNMASK = 1 << 4
-VFIO_IRQ_SET_ACTION_TRIGGER = 1 << 5
-
-VFIO_REGION_INFO_FLAG_READ = 1
-VFIO_REGION_INFO_FLAG_WRITE = 2
-VFIO_REGION_INFO_FLAG_MMAP = 4
-VFIO_IRQ_INFO_EVENTFD = 1
-VFIO_IRQ_INFO_MASKABLE = 2
-
-# kernel/uapi/wrapdrive.h
-WD_RING_MAGIC = 0x51524457
-WD_ABI_VERSION = 1
-WD_CAPA_SHARE_ALL = 1
-WD_WEAK_ORDER = 2
-WD_REGION_DOORBELL = 0
-WD_REGION_RING = 1
-WD_OP_NOP, WD_OP_MEMCPY, WD_OP_CRC32C, WD_OP_SHA256, WD_OP_DEFLATE, WD_OP_INFLATE = range(6)
-(WD_STS_OK, WD_STS_BAD_OPCODE, WD_STS_BAD_ADDR, WD_STS_BAD_LEN, WD_STS_NOSPC,
- WD_STS_BAD_DATA, WD_STS_BAD_FLAGS, WD_STS_ABORTED) = range(8)
-WD_MAX_LEN = 16 << 20
-WD_Q_ENGINE_IDLE = 1
-WD_Q_DEAD = 2
-
-DESC = struct.Struct("<IHHQQII")
-CQE = struct.Struct("<IIII")
-HDR = struct.Struct("<8I")
+class Cqe(collections.namedtuple("Cqe", "tag status out_len result flags")):
+    """A completion; indexable as (tag, status, out_len, result, flags)."""
 
 
 def ioctl(fd, req, arg=None):
@@ -99,26 +74,22 @@ def store32(m, off, value):
     ctypes.c_uint32.from_buffer(m, off).value = value
 
 
-def crc32c(data, crc=0):
-    """Reference CRC-32C (Castagnoli), as the crc32c Python package."""
-    table = _crc_table()
-    crc ^= 0xFFFFFFFF
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-_TABLE = []
-
-
-def _crc_table():
-    if not _TABLE:
-        for i in range(256):
-            c = i
-            for _ in range(8):
-                c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-            _TABLE.append(c)
-    return _TABLE
+def kernel_crc32c(data, seed=0):
+    """CRC-32C by the guest kernel's crypto API (AF_ALG, crc32c-generic or
+    an arch driver), independent of WrapDrive; seed chains like
+    zlib.crc32(data, value): the crypto API's key is the starting register,
+    which for a chained CRC is the previous result inverted."""
+    with socket.socket(socket.AF_ALG, socket.SOCK_SEQPACKET, 0) as alg:
+        alg.bind(("hash", "crc32c"))
+        alg.setsockopt(socket.SOL_ALG, socket.ALG_SET_KEY,
+                       struct.pack("<I", seed ^ 0xFFFFFFFF))
+        op, _ = alg.accept()
+        with op:
+            view = memoryview(data)
+            for i in range(0, len(view), 1 << 16):
+                op.send(view[i:i + (1 << 16)], socket.MSG_MORE)
+            op.send(b"")
+            return struct.unpack("<I", op.recv(4))[0]
 
 
 def parents():
@@ -154,6 +125,12 @@ def dbg(*parts):
     return int(read(os.path.join(DEBUGFS, *parts)))
 
 
+def desc(tag=0, opcode=WD_OP_NOP, src=0, src_len=0, dst=0, dst_len=0, **extra):  # noqa: F821
+    """A descriptor as a dict of struct wd_desc fields (the rest are 0)."""
+    return dict(tag=tag, opcode=opcode, src=src, src_len=src_len, dst=dst, dst_len=dst_len,
+                **extra)
+
+
 class Queue:
     """An opened queue: container, group and device fds, mapped regions."""
 
@@ -165,7 +142,7 @@ class Queue:
         self.maps = []
         self.bufs = []
         self.container = self.group = self.dev = -1
-        self.db = self.ring = None
+        self.db = self.cqr = self.sq = None
         try:
             self._open()
         except BaseException:
@@ -177,17 +154,21 @@ class Queue:
         self.container = os.open("/dev/vfio/vfio", os.O_RDWR)
         self.group = os.open(f"/dev/vfio/{grp}", os.O_RDWR)
         fd = ctypes.c_int(self.container)
-        ioctl(self.group, VFIO_GROUP_SET_CONTAINER, ctypes.pointer(fd))
-        ioctl(self.container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)
-        self.dev = ioctl(self.group, VFIO_GROUP_GET_DEVICE_FD,
+        ioctl(self.group, VFIO_GROUP_SET_CONTAINER, ctypes.pointer(fd))  # noqa: F821
+        ioctl(self.container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)  # noqa: F821
+        self.dev = ioctl(self.group, VFIO_GROUP_GET_DEVICE_FD,  # noqa: F821
                          ctypes.c_char_p(self.uuid.encode()))
-        self.regions = [self.region_info(i) for i in range(2)]
-        self.db = self.map_region(WD_REGION_DOORBELL)
-        self.ring = self.map_region(WD_REGION_RING)
-        (magic, ver, self.entries, dsz, csz, self.sq_off, self.cq_off,
-         self.capa) = HDR.unpack_from(self.ring, 0)
-        assert magic == WD_RING_MAGIC and ver == WD_ABI_VERSION
-        assert dsz == DESC.size and csz == CQE.size
+        self.regions = [self.region_info(i) for i in range(WD_NUM_REGIONS)]  # noqa: F821
+        self.db = self.map_region(WD_REGION_DOORBELL)  # noqa: F821
+        self.cqr = self.map_region(WD_REGION_CQ, prot=mmap.PROT_READ)  # noqa: F821
+        self.sq = self.map_region(WD_REGION_SQ)  # noqa: F821
+        hdr = HDR.unpack_from(self.cqr)
+        assert hdr["magic"] == WD_RING_MAGIC and hdr["version"] == WD_ABI_VERSION  # noqa: F821
+        assert hdr["desc_size"] == DESC.size and hdr["cqe_size"] == CQE.size
+        self.entries = hdr["entries"]
+        self.cq_off = hdr["cq_off"]
+        self.capa = hdr["capa_flags"]
+        self.max_streams = hdr["max_streams"]
         self.sq_tail = 0
         self.cq_head = 0
         self.next_iova = 1 << 20
@@ -195,7 +176,7 @@ class Queue:
     # -- VFIO --
     def region_info(self, index, argsz=32):
         b = buf(struct.pack("<IIIIQQ", argsz, 0, index, 0, 0, 0))
-        ioctl(self.dev, VFIO_DEVICE_GET_REGION_INFO, b)
+        ioctl(self.dev, VFIO_DEVICE_GET_REGION_INFO, b)  # noqa: F821
         _, flags, _, _, size, offset = struct.unpack("<IIIIQQ", b.raw)
         return flags, size, offset
 
@@ -210,10 +191,10 @@ class Queue:
     def set_irqs(self, flags, index=0, start=0, count=1, data=b"", argsz=None):
         raw = struct.pack("<IIIII", argsz if argsz is not None else 20 + len(data),
                           flags, index, start, count) + data
-        return ioctl(self.dev, VFIO_DEVICE_SET_IRQS, buf(raw))
+        return ioctl(self.dev, VFIO_DEVICE_SET_IRQS, buf(raw))  # noqa: F821
 
     def set_eventfd(self, efd):
-        return self.set_irqs(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+        return self.set_irqs(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,  # noqa: F821
                              data=struct.pack("<i", efd))
 
     def dma_buffer(self, size, data=b"", read_only=False):
@@ -224,31 +205,40 @@ class Queue:
         vaddr = ctypes.addressof(ctypes.c_char.from_buffer(m))
         iova = self.next_iova
         self.next_iova += length + (1 << 20)
-        flags = 1 if read_only else 3
-        ioctl(self.container, VFIO_IOMMU_MAP_DMA,
-              buf(struct.pack("<IIQQQ", 32, flags, vaddr, iova, length)))
+        flags = VFIO_DMA_MAP_FLAG_READ  # noqa: F821
+        if not read_only:
+            flags |= VFIO_DMA_MAP_FLAG_WRITE  # noqa: F821
+        self.map_dma(vaddr, iova, length, flags)
         self.bufs.append((m, iova, length))
         return m, iova, vaddr
 
+    def map_dma(self, vaddr, iova, length, flags=3):
+        ioctl(self.container, VFIO_IOMMU_MAP_DMA,  # noqa: F821
+              buf(struct.pack("<IIQQQ", 32, flags, vaddr, iova, length)))
+
     def unmap_dma(self, iova, length):
-        ioctl(self.container, VFIO_IOMMU_UNMAP_DMA,
+        ioctl(self.container, VFIO_IOMMU_UNMAP_DMA,  # noqa: F821
               buf(struct.pack("<IIQQ", 24, 0, iova, length)))
 
     # -- ring --
     def status(self):
-        return struct.unpack_from("<I", self.ring, 0xC0)[0]
+        return struct.unpack_from("<I", self.cqr, HDR_STATUS)[0]
 
     def cq_tail(self):
-        return struct.unpack_from("<I", self.ring, 0x80)[0]
+        return struct.unpack_from("<I", self.cqr, HDR_CQ_TAIL)[0]
+
+    def kick(self):
+        os.pwrite(self.dev, struct.pack("<I", self.sq_tail), self.regions[WD_REGION_DOORBELL][2])  # noqa: F821,E501
 
     def submit(self, descs, kick=True):
+        """Post descriptors (dicts of wd_desc fields, see desc()), one doorbell store."""
         mask = self.entries - 1
         for d in descs:
-            DESC.pack_into(self.ring, self.sq_off + (self.sq_tail & mask) * DESC.size, *d)
+            DESC.pack_into(self.sq, (self.sq_tail & mask) * DESC.size, **d)
             self.sq_tail = (self.sq_tail + 1) & 0xFFFFFFFF
-        store32(self.db, 0, self.sq_tail)
-        if kick and self.status() & WD_Q_ENGINE_IDLE:
-            os.pwrite(self.dev, struct.pack("<I", self.sq_tail), self.regions[0][2])
+        store32(self.db, DB_SQ_TAIL, self.sq_tail)
+        if kick and self.status() & WD_Q_ENGINE_IDLE:  # noqa: F821
+            self.kick()
 
     def reap(self, n, timeout=30.0):
         out = []
@@ -256,17 +246,18 @@ class Queue:
         end = time.monotonic() + timeout
         while len(out) < n:
             if self.cq_head != self.cq_tail():
-                out.append(CQE.unpack_from(self.ring, self.cq_off + (self.cq_head & mask) * CQE.size))
+                c = CQE.unpack_from(self.cqr, self.cq_off + (self.cq_head & mask) * CQE.size)
+                out.append(Cqe(c["tag"], c["status"], c["out_len"], c["result"], c["flags"]))
                 self.cq_head = (self.cq_head + 1) & 0xFFFFFFFF
-                store32(self.db, 0x40, self.cq_head)
+                store32(self.db, DB_CQ_HEAD, self.cq_head)
                 continue
             if time.monotonic() > end:
                 raise TimeoutError(f"{len(out)}/{n} completions")
             time.sleep(0.0005)
         return out
 
-    def run(self, opcode, src=0, src_len=0, dst=0, dst_len=0, flags=0, tag=7):
-        self.submit([(tag, opcode, flags, src, dst, src_len, dst_len)])
+    def run(self, opcode, src=0, src_len=0, dst=0, dst_len=0, tag=7, **extra):
+        self.submit([desc(tag, opcode, src, src_len, dst, dst_len, **extra)])
         return self.reap(1)[0]
 
     def close(self):

@@ -173,9 +173,10 @@ class QueueBench:
             if not spins & 0xFFFF:  # rarely: a device that stopped must not hang us
                 self._check_progress(spins)
             vals = recv()
-        if any(vals[1::4]):
-            raise RuntimeError(f"device error status {max(vals[1::4])} in benchmark")
-        return len(vals) >> 2
+        statuses = vals[uapi.CQE_STATUS::uapi.CQE_VALUES]
+        if any(statuses):
+            raise RuntimeError(f"device error status {max(statuses)} in benchmark")
+        return len(vals) // uapi.CQE_VALUES
 
     def _check_progress(self, spins: int) -> None:
         if spins == 0x10000:

@@ -42,7 +42,8 @@ class PreparedBatch:
             if not 0 <= length <= uapi.WD_MAX_LEN:
                 raise ValueError(f"length {length} outside 0..WD_MAX_LEN")
         self.n = n
-        self._rows = [(opcode, 0, srcs[i], dsts[i], src_lens[i], dst_lens[i])
+        tail = (0,) * (uapi.DESC_VALUES - 7)  # ctx, seed, stream, level, flush, reserved
+        self._rows = [(opcode, 0, srcs[i], dsts[i], src_lens[i], dst_lens[i], *tail)
                       for i in range(n)]
         self._templates: dict[tuple[int, int], bytes] = {}  # (entries, slot) -> SQ bytes
 

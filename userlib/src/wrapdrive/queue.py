@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import ctypes
 import os
 import select
 import time
@@ -102,32 +103,36 @@ class Queue:
             raise VfioError(0, f"{self.name}: {info.num_regions} regions / {info.num_irqs} "
                             "irqs, not a WrapDrive queue")
         dbr = dev.region_info(uapi.WD_REGION_DOORBELL)
-        rgr = dev.region_info(uapi.WD_REGION_RING)
+        cqr = dev.region_info(uapi.WD_REGION_CQ)
+        sqr = dev.region_info(uapi.WD_REGION_SQ)
         self._db_offset = dbr.offset
         self._db_mm = dev.mmap_region(dbr, min(dbr.size, PAGE_SIZE) or PAGE_SIZE)
-        self._ring_mm = dev.mmap_region(rgr)
-        hdr = uapi.WdRingHdr.from_buffer_copy(self._ring_mm, 0)
+        self._cq_mm = dev.mmap_region(cqr, writable=False)
+        self._sq_mm = dev.mmap_region(sqr)
+        hdr = uapi.WdRingHdr.from_buffer_copy(self._cq_mm, 0)
         if hdr.magic != uapi.WD_RING_MAGIC or hdr.version != uapi.WD_ABI_VERSION:
             raise VfioError(0, f"{self.name}: ring magic {hdr.magic:#x} version "
                             f"{hdr.version}, expected {uapi.WD_RING_MAGIC:#x} "
                             f"v{uapi.WD_ABI_VERSION}")
-        if hdr.desc_size != 32 or hdr.cqe_size != 16:
+        desc_size, cqe_size = uapi.DESC_STRUCT.size, uapi.CQE_STRUCT.size
+        if hdr.desc_size != desc_size or hdr.cqe_size != cqe_size:
             raise VfioError(0, f"{self.name}: descriptor/completion sizes "
-                            f"{hdr.desc_size}/{hdr.cqe_size}, expected 32/16")
+                            f"{hdr.desc_size}/{hdr.cqe_size}, expected {desc_size}/{cqe_size}")
         entries = int(hdr.entries)
-        if (hdr.sq_off + entries * 32 > rgr.size or hdr.cq_off + entries * 16 > rgr.size):
-            raise VfioError(0, f"{self.name}: SQ/CQ outside the ring region")
+        if entries * desc_size > sqr.size or hdr.cq_off + entries * cqe_size > cqr.size:
+            raise VfioError(0, f"{self.name}: SQ/CQ outside their regions")
         self.entries = entries
         self.capa_flags = int(hdr.capa_flags)
         self.share_all = bool(self.capa_flags & uapi.WD_CAPA_SHARE_ALL)
         self.weak_order = bool(self.capa_flags & uapi.WD_WEAK_ORDER)
         db_base = memoryview(self._db_mm)
-        ring_base = memoryview(self._ring_mm)
-        db32 = db_base[:192].cast("I")
-        hdr32 = ring_base[:256].cast("I")
-        sq = ring_base[hdr.sq_off:hdr.sq_off + entries * 32]
-        cq = ring_base[hdr.cq_off:hdr.cq_off + entries * 16]
-        self._views = [db32, hdr32, sq, cq, db_base, ring_base]
+        cq_base = memoryview(self._cq_mm)
+        sq_base = memoryview(self._sq_mm)
+        db32 = db_base[:ctypes.sizeof(uapi.WdDoorbell)].cast("I")
+        hdr32 = cq_base[:ctypes.sizeof(uapi.WdRingHdr)].cast("I")
+        sq = sq_base[:entries * desc_size]
+        cq = cq_base[hdr.cq_off:hdr.cq_off + entries * cqe_size]
+        self._views = [db32, hdr32, sq, cq, db_base, cq_base, sq_base]
         container = self.container
         self.memory = SharedMemory(container.map_dma, container.unmap_dma,
                                    share_all=self.share_all)
@@ -187,7 +192,7 @@ class Queue:
         for v in self._views:
             v.release()
         self._views = []
-        for attr in ("_db_mm", "_ring_mm"):
+        for attr in ("_db_mm", "_cq_mm", "_sq_mm"):
             mm = getattr(self, attr, None)
             if mm is not None and not mm.closed:
                 mm.close()

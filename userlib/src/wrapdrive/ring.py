@@ -219,7 +219,7 @@ class Ring:
         tr = self.translate
         src = tr(req.src, src_len) if req.src or src_len else 0
         dst = tr(req.dst, dst_len) if req.dst or dst_len else 0
-        out += (tag, req.opcode, 0, src, dst, src_len, dst_len)
+        out += (tag, req.opcode, 0, src, dst, src_len, dst_len, 0, 0, 0, 0, 0, 0, 0)
 
     def _publish(self, tail: int) -> None:
         """One doorbell store for everything up to ``tail``, then the
@@ -245,7 +245,7 @@ class Ring:
             return False
         args: list[int] = []
         self._desc_args(req, tail, args)
-        uapi.DESC_STRUCT.pack_into(self.sq, (tail & self.mask) << 5, *args)
+        uapi.DESC_STRUCT.pack_into(self.sq, (tail & self.mask) << uapi.DESC_SHIFT, *args)
         req.tag = tail
         req.status = -1
         self.inflight[tail] = req
@@ -283,10 +283,11 @@ class Ring:
         slot = tail & self.mask
         first = min(n, self.entries - slot)
         if first == n:
-            desc_struct(n).pack_into(self.sq, slot << 5, *args)
+            desc_struct(n).pack_into(self.sq, slot << uapi.DESC_SHIFT, *args)
         else:
-            desc_struct(first).pack_into(self.sq, slot << 5, *args[:first * 7])
-            desc_struct(n - first).pack_into(self.sq, 0, *args[first * 7:])
+            k = first * uapi.DESC_VALUES
+            desc_struct(first).pack_into(self.sq, slot << uapi.DESC_SHIFT, *args[:k])
+            desc_struct(n - first).pack_into(self.sq, 0, *args[k:])
 
     def send_raw(self, opcode: int, srcs: Sequence[int], src_lens: Sequence[int],
                  dsts: Sequence[int] | None = None,
@@ -306,7 +307,8 @@ class Ring:
             raise BlockingIOError(16, f"no room for {n} descriptors")
         zeros = (0,) * n
         tags = [(tail + i) & U32 for i in range(n)]
-        cols = (tags, (opcode,) * n, zeros, srcs, dsts or zeros, src_lens, dst_lens or zeros)
+        cols = (tags, (opcode,) * n, zeros, srcs, dsts or zeros, src_lens, dst_lens or zeros,
+                *(zeros,) * (uapi.DESC_VALUES - 7))
         args = [v for row in zip(*cols, strict=False) for v in row]
         self._pack(tail, n, args)
         self._publish((tail + n) & U32)
@@ -314,7 +316,7 @@ class Ring:
 
     def recv_raw(self) -> tuple[int, ...]:
         """Take every posted completion as one flat tuple
-        (tag, status, out_len, result)*k; only for ``send_raw`` users."""
+        (tag, status, flags, out_len, result)*k; only for ``send_raw`` users."""
         tail = self.hdr[uapi.HDR_CQ_TAIL_WORD]
         head = self.cq_head
         n = (tail - head) & U32
@@ -324,7 +326,7 @@ class Ring:
             self._corrupt(tail)
         slot = head & self.mask
         first = min(n, self.entries - slot)
-        vals = cqe_struct(first).unpack_from(self.cq, slot << 4)
+        vals = cqe_struct(first).unpack_from(self.cq, slot << uapi.CQE_SHIFT)
         if first < n:
             vals += cqe_struct(n - first).unpack_from(self.cq, 0)
         self.cq_head = tail
@@ -352,14 +354,14 @@ class Ring:
         while left:
             slot = head & self.mask
             k = min(left, self.entries - slot)
-            vals = cqe_struct(k).unpack_from(self.cq, slot << 4)
-            for i in range(0, k << 2, 4):
+            vals = cqe_struct(k).unpack_from(self.cq, slot << uapi.CQE_SHIFT)
+            for i in range(0, k * uapi.CQE_VALUES, uapi.CQE_VALUES):
                 req = inflight.pop(vals[i], None)
                 if req is None:
                     continue  # a tag we never sent: ignore rather than crash
-                req.status = vals[i + 1]
-                req.out_len = vals[i + 2]
-                req.result = vals[i + 3]
+                req.status = vals[i + uapi.CQE_STATUS]
+                req.out_len = vals[i + uapi.CQE_OUT_LEN]
+                req.result = vals[i + uapi.CQE_RESULT]
                 done.append(req)
             head = (head + k) & U32
             left -= k

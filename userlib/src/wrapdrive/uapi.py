@@ -13,15 +13,16 @@ import struct
 # --------------------------------------------------------------------------
 # kernel/uapi/wrapdrive.h
 # --------------------------------------------------------------------------
-WD_ABI_VERSION = 1
+WD_ABI_VERSION = 2
 WD_RING_MAGIC = 0x51524457
 
 WD_CAPA_SHARE_ALL = 1 << 0
 WD_WEAK_ORDER = 1 << 1
 
 WD_REGION_DOORBELL = 0
-WD_REGION_RING = 1
-WD_NUM_REGIONS = 2
+WD_REGION_CQ = 1
+WD_REGION_SQ = 2
+WD_NUM_REGIONS = 3
 WD_IRQ_QUEUE_STATE = 0
 WD_NUM_IRQS = 1
 
@@ -40,12 +41,27 @@ WD_STS_NOSPC = 4
 WD_STS_BAD_DATA = 5
 WD_STS_BAD_FLAGS = 6
 WD_STS_ABORTED = 7
+WD_STS_BAD_CHAIN = 8
+WD_STS_NOMEM = 9
+
+WD_DF_MORE = 1 << 0
+WD_DF_CONT = 1 << 1
+WD_CF_STREAM_END = 1 << 0
+WD_CF_DST_FULL = 1 << 1
+WD_FLUSH_NONE = 0
+WD_FLUSH_SYNC = 1
+WD_FLUSH_FULL = 2
+WD_LEVEL_DEFAULT = 0
+WD_LEVEL_STORE = 10
 
 WD_MAX_LEN = 16 << 20
 WD_SHA256_DIGEST_LEN = 32
+WD_SHA256_BLOCK_LEN = 64
+WD_SHA256_CTX_MAGIC = 0x32414853
 
 WD_Q_ENGINE_IDLE = 1 << 0
 WD_Q_DEAD = 1 << 1
+WD_Q_RELEASE = 1 << 2
 
 #: names of the WD_STS_* codes, for messages.
 STATUS_NAMES = {
@@ -57,6 +73,8 @@ STATUS_NAMES = {
     WD_STS_BAD_DATA: "WD_STS_BAD_DATA",
     WD_STS_BAD_FLAGS: "WD_STS_BAD_FLAGS",
     WD_STS_ABORTED: "WD_STS_ABORTED",
+    WD_STS_BAD_CHAIN: "WD_STS_BAD_CHAIN",
+    WD_STS_NOMEM: "WD_STS_NOMEM",
 }
 
 #: opcodes each algo_type accepts (besides WD_OP_NOP).
@@ -69,7 +87,7 @@ ALGO_OPCODES = {
 
 
 class WdDesc(ctypes.Structure):
-    """struct wd_desc: one submission descriptor (32 bytes)."""
+    """struct wd_desc: one submission descriptor (64 bytes)."""
 
     _fields_ = [
         ("tag", ctypes.c_uint32),
@@ -79,6 +97,12 @@ class WdDesc(ctypes.Structure):
         ("dst", ctypes.c_uint64),
         ("src_len", ctypes.c_uint32),
         ("dst_len", ctypes.c_uint32),
+        ("ctx", ctypes.c_uint64),
+        ("seed", ctypes.c_uint32),
+        ("stream", ctypes.c_uint16),
+        ("level", ctypes.c_uint8),
+        ("flush", ctypes.c_uint8),
+        ("__rsvd", ctypes.c_uint64 * 2),
     ]
 
 
@@ -87,9 +111,22 @@ class WdCqe(ctypes.Structure):
 
     _fields_ = [
         ("tag", ctypes.c_uint32),
-        ("status", ctypes.c_uint32),
+        ("status", ctypes.c_uint16),
+        ("flags", ctypes.c_uint16),
         ("out_len", ctypes.c_uint32),
         ("result", ctypes.c_uint32),
+    ]
+
+
+class WdSha256Ctx(ctypes.Structure):
+    """struct wd_sha256_ctx: a chained sha256's state in user memory."""
+
+    _fields_ = [
+        ("magic", ctypes.c_uint32),
+        ("__rsvd", ctypes.c_uint32),
+        ("total", ctypes.c_uint64),
+        ("h", ctypes.c_uint32 * 8),
+        ("pending", ctypes.c_uint8 * WD_SHA256_BLOCK_LEN),
     ]
 
 
@@ -115,9 +152,9 @@ class WdRingHdr(ctypes.Structure):
         ("entries", ctypes.c_uint32),
         ("desc_size", ctypes.c_uint32),
         ("cqe_size", ctypes.c_uint32),
-        ("sq_off", ctypes.c_uint32),
         ("cq_off", ctypes.c_uint32),
         ("capa_flags", ctypes.c_uint32),
+        ("max_streams", ctypes.c_uint32),
         ("_pad0", ctypes.c_uint32 * 8),
         ("sq_head", ctypes.c_uint32),
         ("_pad1", ctypes.c_uint32 * 15),
@@ -130,10 +167,18 @@ class WdRingHdr(ctypes.Structure):
 
 #: struct.Struct formats with the same layout as the ctypes mirrors above
 #: (the ring fast path packs with these; the mirror test checks the sizes).
-DESC_FORMAT = "IHHQQII"
-CQE_FORMAT = "IIII"
+DESC_FORMAT = "IHHQQIIQIHBBQQ"
+CQE_FORMAT = "IHHII"
 DESC_STRUCT = struct.Struct("<" + DESC_FORMAT)
 CQE_STRUCT = struct.Struct("<" + CQE_FORMAT)
+
+#: values per descriptor / completion in those formats, and log2 of their sizes.
+DESC_VALUES = len(DESC_FORMAT)
+CQE_VALUES = len(CQE_FORMAT)
+DESC_SHIFT = DESC_STRUCT.size.bit_length() - 1
+CQE_SHIFT = CQE_STRUCT.size.bit_length() - 1
+#: positions of the completion fields within one unpacked completion.
+CQE_STATUS, CQE_FLAGS, CQE_OUT_LEN, CQE_RESULT = 1, 2, 3, 4
 
 #: u32 word indices of the index fields, for a memoryview cast to "I".
 DB_SQ_TAIL_WORD = WdDoorbell.sq_tail.offset // 4

@@ -167,11 +167,12 @@ class Device:
         return RegionInfo(index=index, flags=int(info.flags), size=int(info.size),
                           offset=int(info.offset))
 
-    def mmap_region(self, region: RegionInfo, size: int | None = None) -> mmap.mmap:
+    def mmap_region(self, region: RegionInfo, size: int | None = None,
+                    writable: bool = True) -> mmap.mmap:
         length = region.size if size is None else size
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         try:
-            return mmap.mmap(self.fd, length, mmap.MAP_SHARED,
-                             mmap.PROT_READ | mmap.PROT_WRITE, offset=region.offset)
+            return mmap.mmap(self.fd, length, mmap.MAP_SHARED, prot, offset=region.offset)
         except OSError as exc:
             raise os_error(exc, f"mmap of region {region.index} of {self.name}") from exc
 
