@@ -149,7 +149,7 @@ int main(int argc, char **argv)
 		b.out_len = WD_SHA256_DIGEST_LEN;
 	} else if (!strcmp(argv[1], "zlib")) {
 		b.opcode = WD_OP_DEFLATE;
-		b.out_len = WD_DEFLATE_BOUND(b.size);
+		b.out_len = wd_deflate_bound(b.size);
 	} else {
 		fprintf(stderr, "wd_bench: unknown algorithm %s\n", argv[1]);
 		return 2;

@@ -150,6 +150,13 @@ int wd_is_shared(struct wd_queue *q, const void *addr, size_t len);
 /* Requests submitted and not yet received; 1 if the queue is dead. */
 int wd_in_flight(struct wd_queue *q);
 int wd_is_dead(struct wd_queue *q);
+/*
+ * For event loops (epoll, asyncio) that wait on q->event_fd themselves:
+ * drain it, arm irq_request and re-check.  1: nothing has arrived, wait
+ * for event_fd to be readable, then call wd_recv; 0: something is there
+ * already (disarmed), call wd_recv now.
+ */
+int wd_arm_wait(struct wd_queue *q);
 
 /*
  * Run requests to completion: submit, spin briefly, sleep if needed, and
@@ -176,9 +183,14 @@ int wd_do_xfer(struct wd_queue *q, __u16 opcode, const void *src, size_t len,
 	       void *dst, size_t *out_len, __u16 *status);
 /*
  * Batches: n pieces laid end to end in src, piece i is lens[i] bytes.
+ * wd_do_many: any opcode; piece i writes to dst + i * dst_stride (dst_stride
+ * bytes of room; dst unused when dst_stride is 0); results, out_lens and
+ * statuses (each may be NULL) get each piece's outcome.
  * crc32c: crcs[i]; sha256: digests + 32 * i.  statuses[i] (may be NULL)
  * gets each piece's status; the call returns -EIO if any is not OK.
  */
+int wd_do_many(struct wd_queue *q, __u16 opcode, const void *src, const __u32 *lens, int n,
+	       void *dst, __u32 dst_stride, __u32 *results, __u32 *out_lens, __u16 *statuses);
 int wd_do_crc32c_many(struct wd_queue *q, const void *src, const __u32 *lens,
 		      int n, __u32 *crcs, __u16 *statuses);
 int wd_do_sha256_many(struct wd_queue *q, const void *src, const __u32 *lens,

@@ -151,9 +151,8 @@ int wd_do_xfer(struct wd_queue *q, __u16 opcode, const void *src, size_t len,
 	return outcome(&r, status, "request");
 }
 
-/* n pieces of src, end to end, one request each (dst_stride bytes of dst each). */
-static int run_pieces(struct wd_queue *q, __u16 opcode, const void *src, const __u32 *lens,
-		      int n, void *dst, __u32 dst_stride, __u32 *results, __u16 *statuses)
+int wd_do_many(struct wd_queue *q, __u16 opcode, const void *src, const __u32 *lens, int n,
+	       void *dst, __u32 dst_stride, __u32 *results, __u32 *out_lens, __u16 *statuses)
 {
 	struct wd_req stack[STACK_REQS], *reqs = stack;
 	size_t total = 0, dst_total = (size_t)dst_stride * (size_t)(n > 0 ? n : 0);
@@ -202,6 +201,8 @@ static int run_pieces(struct wd_queue *q, __u16 opcode, const void *src, const _
 	for (i = 0; i < n; i++) {
 		if (results)
 			results[i] = reqs[i].result;
+		if (out_lens)
+			out_lens[i] = reqs[i].out_len;
 		if (statuses)
 			statuses[i] = reqs[i].status;
 		if (reqs[i].status != WD_STS_OK && bad < 0)
@@ -219,7 +220,7 @@ out:
 int wd_do_crc32c_many(struct wd_queue *q, const void *src, const __u32 *lens, int n,
 		      __u32 *crcs, __u16 *statuses)
 {
-	return run_pieces(q, WD_OP_CRC32C, src, lens, n, NULL, 0, crcs, statuses);
+	return wd_do_many(q, WD_OP_CRC32C, src, lens, n, NULL, 0, crcs, NULL, statuses);
 }
 
 int wd_do_sha256_many(struct wd_queue *q, const void *src, const __u32 *lens, int n,
@@ -227,6 +228,6 @@ int wd_do_sha256_many(struct wd_queue *q, const void *src, const __u32 *lens, in
 {
 	if (!digests)
 		return wd_fail(-EINVAL, "wd_do_sha256_many: NULL digests");
-	return run_pieces(q, WD_OP_SHA256, src, lens, n, digests, WD_SHA256_DIGEST_LEN, NULL,
+	return wd_do_many(q, WD_OP_SHA256, src, lens, n, digests, WD_SHA256_DIGEST_LEN, NULL, NULL,
 			  statuses);
 }

@@ -651,6 +651,28 @@ int wd_in_flight(struct wd_queue *q)
 	return n;
 }
 
+int wd_arm_wait(struct wd_queue *q)
+{
+	struct wd_queue_priv *p = q->priv;
+	struct wd_cond c = { .want_done = 1 };
+	__u64 cnt;
+
+	if (!p)
+		return 0;
+	if (read(q->event_fd, &cnt, sizeof(cnt)) < 0 && errno != EAGAIN)
+		cnt = 0;
+	wd_store(&p->db->irq_request, 1);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	pthread_mutex_lock(&p->lock);
+	if (cond_met(p, &c) || p->broken) {
+		pthread_mutex_unlock(&p->lock);
+		wd_store(&p->db->irq_request, 0);
+		return 0;
+	}
+	pthread_mutex_unlock(&p->lock);
+	return 1;
+}
+
 int wd_is_dead(struct wd_queue *q)
 {
 	struct wd_queue_priv *p = q->priv;

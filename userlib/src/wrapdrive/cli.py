@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from . import bench, sysfs
+from .abi import WD_MAX_LEN
 from .api import request_queue
 from .crc import crc32c_combine
 from .errors import WrapDriveError
 from .queue import Queue
 from .selection import flag_names
-from .uapi import WD_MAX_LEN
 
 ALGOS = ("sha256", "crc32c", "zlib")
 
