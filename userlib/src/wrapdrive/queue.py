@@ -308,13 +308,16 @@ class Queue:
             await self._wait_async()
 
     async def run_async(self, req: Request) -> Request:
-        """Send ``req`` and await its completion (taking completions in
-        order: use one task per queue, or recv_async)."""
+        """Send ``req`` and await its completion.  Many tasks may run_async
+        on one queue: whichever takes a completion from the ring marks its
+        request done, and each task waits for its own (do not mix with
+        recv_async on the same queue: it would take their requests)."""
         await self.send_async(req)
-        while True:
-            got = await self.recv_async()
-            if got is req:
-                break
+        while req.status < 0:
+            if self.recv() is None and req.status < 0:
+                if self.dead:
+                    raise QueueDeadError()
+                await self._wait_async()
         if req.status != abi.WD_STS_OK:
             raise RequestFailedError(req.status, f"{self.algo_type} request")
         return req
