@@ -113,7 +113,7 @@ def test_c_benchmark_found_where_make_puts_it(monkeypatch: pytest.MonkeyPatch,
     prog = tmp_path / "wd_bench"
     monkeypatch.setenv(bench.C_BENCH_ENV, str(prog))
     assert bench.c_bench_path() is None
-    prog.write_text("#!/bin/sh\necho ops_per_sec 1234.5\n")
+    prog.write_text("#!/bin/sh\ntest \"$6\" = text && echo ops_per_sec 1234.5\n")
     prog.chmod(0o755)
     assert bench.c_bench_path() == prog
     assert bench.c_step(prog, "crc32c", 64, "sync", 1, 0.01) == 1234.5

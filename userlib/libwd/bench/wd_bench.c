@@ -2,7 +2,7 @@
 /*
  * wd_bench: the C library as a C user calls it, for `wrapdrive bench`.
  *
- *	wd_bench ALGO SIZE MODE BATCH SECONDS
+ *	wd_bench ALGO SIZE MODE BATCH SECONDS [DATA]
  *
  * ALGO is crc32c, sha256 or zlib; MODE one of
  *	sync	wd_send_sync + wd_recv_sync, one request at a time (the seed's calls)
@@ -10,6 +10,10 @@
  *		completions taken with wd_recv_many (wd_recv_sync when none)
  *	oneshot	wd_do_crc32c / wd_do_sha256 / wd_do_xfer on unshared memory
  *		(a staging copy each time), one at a time
+ * DATA is "text" (default: words, moderately compressible, the same as the
+ * Python benchmark's) or "selfbench" (the engine self-benchmark's input:
+ * half random bytes, half one repeated byte), so zlib can be compared with
+ * the engine's own rate on the same data.
  * Prints one line: "ops_per_sec N".  Nothing is pinned.
  */
 #define _GNU_SOURCE
@@ -47,13 +51,39 @@ static int die(const char *what, int ret)
 	exit(1);
 }
 
-static void fill(char *p, size_t n)
+/* The Python benchmark's sample_data(): words and a separator, from an LCG. */
+static void fill_text(char *p, size_t n)
 {
-	static const char words[] = "wrapdrive queue doorbell ring engine vfio mdev ";
+	static const char *const words[] = { "wrapdrive", "queue", "doorbell", "ring", "engine",
+					     "vfio", "mdev", "accelerator", "completion",
+					     "descriptor" };
+	unsigned long x = 12345;
+	size_t i = 0;
+
+	while (i < n) {
+		const char *w;
+		size_t k;
+
+		x = (x * 1103515245UL + 12345UL) & 0x7fffffffUL;
+		w = words[x % 10];
+		for (k = 0; w[k] && i < n; k++)
+			p[i++] = w[k];
+		if (i < n)
+			p[i++] = (char)(32 + (x >> 16) % 95);
+	}
+}
+
+/* The engine's selfbench input: half random, half a run of 'w'. */
+static void fill_selfbench(char *p, size_t n)
+{
+	unsigned long x = 42;
 	size_t i;
 
-	for (i = 0; i < n; i++)
-		p[i] = words[(i * 7 + i / 13) % (sizeof(words) - 1)];
+	for (i = 0; i < n / 2; i++) {
+		x = x * 6364136223846793005UL + 1442695040888963407UL;
+		p[i] = (char)(x >> 56);
+	}
+	memset(p + n / 2, 'w', n - n / 2);
 }
 
 static long step_sync(struct bench *b)
@@ -134,8 +164,9 @@ int main(int argc, char **argv)
 	size_t stride;
 	int i, ret;
 
-	if (argc != 6) {
-		fprintf(stderr, "usage: wd_bench ALGO SIZE sync|batch|oneshot BATCH SECONDS\n");
+	if (argc != 6 && argc != 7) {
+		fprintf(stderr, "usage: wd_bench ALGO SIZE sync|batch|oneshot BATCH SECONDS "
+			"[text|selfbench]\n");
 		return 2;
 	}
 	capa.alg = argv[1];
@@ -182,7 +213,10 @@ int main(int argc, char **argv)
 	b.ptrs = calloc(4 * (size_t)b.batch, sizeof(*b.ptrs));
 	if (!b.src || !b.dst || !b.plain_src || !b.plain_dst || !b.reqs || !b.ptrs)
 		die("allocation", -ENOMEM);
-	fill(b.plain_src, b.size);
+	if (argc == 7 && !strcmp(argv[6], "selfbench"))
+		fill_selfbench(b.plain_src, b.size);
+	else
+		fill_text(b.plain_src, b.size);
 	ret = wd_mem_share(&b.q, b.src, stride * 2 * (size_t)b.batch, 0);
 	if (!ret && b.out_len)
 		ret = wd_mem_share(&b.q, b.dst, (b.out_len + 64) * 2 * (size_t)b.batch, 0);

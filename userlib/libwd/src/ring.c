@@ -19,6 +19,37 @@
 
 #define DEAD_BITS	(WD_Q_DEAD | WD_Q_RELEASE)
 
+/*
+ * How many ring polls make WD_SPIN_US microseconds on this CPU: the sync
+ * calls spin that long before sleeping.  Measured once per process (a
+ * clock read can be a system call in a guest, so the spin loop counts
+ * polls instead of reading the clock).
+ */
+static __u32 spin_polls(const struct wd_queue_priv *p)
+{
+	static __u32 polls;
+	struct timespec a, b;
+	__u32 i, sink = 0;
+	double ns;
+
+	if (__atomic_load_n(&polls, __ATOMIC_RELAXED))
+		return polls;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	for (i = 0; i < 20000; i++) {
+		sink += wd_load(&p->hdr->cq_tail);
+		wd_cpu_relax();
+	}
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	ns = (double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec) + (sink & 1);
+	i = ns > 0 ? (__u32)(20000.0 * WD_SPIN_US * 1000.0 / ns) : WD_DEFAULT_SPIN;
+	if (i < 1000)
+		i = 1000;
+	if (i > 10000000)
+		i = 10000000;
+	__atomic_store_n(&polls, i, __ATOMIC_RELAXED);
+	return i;
+}
+
 int wd_ring_init(struct wd_queue *q)
 {
 	struct wd_queue_priv *p = q->priv;
@@ -33,7 +64,7 @@ int wd_ring_init(struct wd_queue *q)
 	p->last = -1;
 	q->entries = p->entries;
 	if (!q->spin)
-		q->spin = WD_DEFAULT_SPIN;
+		q->spin = spin_polls(p);
 	return 0;
 }
 

@@ -17,7 +17,8 @@
 
 #include "wd.h"
 
-#define WD_DEFAULT_SPIN		4096	/* ring polls before sleeping */
+#define WD_DEFAULT_SPIN		4096	/* ring polls before sleeping, if uncalibrated */
+#define WD_SPIN_US		100	/* how long the sync calls spin before sleeping */
 #define WD_PAGE			4096UL
 
 /* struct wd_req.state */

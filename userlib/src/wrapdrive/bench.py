@@ -106,6 +106,24 @@ def sample_data(size: int) -> bytes:
     return bytes(out[:size])
 
 
+def engine_like_data(size: int) -> bytes:
+    """The engine self-benchmark's kind of input: half random bytes, half a
+    run of one byte.  zlib's speed depends on the data (a run compresses many
+    times faster than text), so the zlib case feeds every path this, to
+    compare with the engine's own rate like with like."""
+    import random
+
+    half = size // 2
+    return random.Random(42).randbytes(half) + b"w" * (size - half)
+
+
+def case_data(algo: str, size: int) -> tuple[bytes, str]:
+    """The input of a case and the C benchmark's name for its kind."""
+    if algo == "zlib":
+        return engine_like_data(size), "selfbench"
+    return sample_data(size), "text"
+
+
 def ops_per_second(step: Callable[[], int], seconds: float) -> float:
     """Run ``step`` (which returns how many operations it did) for about
     ``seconds``; ops/s over the whole time.  The clock is read once per
@@ -150,9 +168,10 @@ def c_bench_path() -> Path | None:
 C_MODES = {"c-sync": ("sync", 1), "c-call": ("oneshot", 1), f"prepared-b{BATCH}": ("batch", BATCH)}
 
 
-def c_step(prog: Path, algo: str, size: int, mode: str, batch: int, seconds: float) -> float:
+def c_step(prog: Path, algo: str, size: int, mode: str, batch: int, seconds: float,
+           data: str = "text") -> float:
     """One round of the C program: its own process and queue; ops/s."""
-    out = subprocess.run([str(prog), algo, str(size), mode, str(batch), str(seconds)],
+    out = subprocess.run([str(prog), algo, str(size), mode, str(batch), str(seconds), data],
                          capture_output=True, text=True, timeout=60 + 10 * seconds)
     if out.returncode:
         raise RuntimeError(f"{prog.name} {algo} {size} {mode}: {out.stderr.strip()}")
@@ -208,7 +227,7 @@ def run(cfg: Config) -> list[Result]:
         _progress(f"  C paths skipped: no {C_BENCH_DEFAULT} (make -C userlib/libwd, "
                   f"or set {C_BENCH_ENV})")
     for algo, size in cfg.cases:
-        data = sample_data(size)
+        data, kind = case_data(algo, size)
         steps: dict[str, Callable[[], int]] = {}
         cleanup: list[Callable[[], None]] = []
         q = Queue(Capa(algo))
@@ -235,7 +254,7 @@ def run(cfg: Config) -> list[Result]:
                 if prog is not None:
                     for p, (mode, batch) in C_MODES.items():
                         case[p].rounds.append(c_step(prog, algo, size, mode, batch,
-                                                     cfg.seconds))
+                                                     cfg.seconds, kind))
                 engine.rounds.append(engine_rate(q.parent, algo, size, count))
             results += [*case.values(), engine]
         finally:
