@@ -41,10 +41,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_device_suite(built: Path) -> None:
     before = our_mdevs()
-    res = subprocess.run([str(built / "tests" / "test_device")], capture_output=True,
-                         text=True, timeout=900)
-    print(res.stdout)
-    assert res.returncode == 0 and " 0 failed" in res.stdout, res.stdout + res.stderr
+    proc = subprocess.Popen([str(built / "tests" / "test_device")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"test_device did not finish in 240 s; its output so far:\n{out}")
+    print(out)
+    assert proc.returncode == 0 and " 0 failed" in out, out
     assert our_mdevs() == before, "the C test leaked a queue"
 
 

@@ -30,11 +30,14 @@ def cpu_seconds() -> float:
 
 
 def fill_with_slow_requests(q: wrapdrive.Queue) -> tuple[list[Request], wrapdrive.Buffer]:
-    """Put `entries` 16 MiB sha256 requests in flight (one shared source)."""
+    """Fill the ring: one 16 MiB sha256 and NOPs behind it.  A strictly
+    ordered queue completes nothing before the slow one, and closing the
+    queue waits for no more than one engine round of NOPs (a round of 64 x
+    16 MiB would take minutes under TCG)."""
     src = q.alloc(BIG)
     dst = q.alloc(4096)
-    reqs = [Request(wrapdrive.WD_OP_SHA256, src.addr, BIG, dst.addr, 32)
-            for _ in range(q.entries)]
+    reqs = [Request(wrapdrive.WD_OP_SHA256, src.addr, BIG, dst.addr, 32)] + [
+        Request(wrapdrive.WD_OP_NOP) for _ in range(q.entries - 1)]
     assert q.send_batch(reqs) == q.entries
     return reqs, src
 

@@ -35,6 +35,9 @@
  *
  * A request (struct wd_req) belongs to the library from wd_send until
  * wd_recv hands it back: it must stay valid and untouched in between.
+ * At most `entries` requests are in flight, and at most twice that in
+ * flight or completed and not yet received: past that wd_send says -EBUSY
+ * (and wd_send_sync waits) until wd_recv takes some.
  */
 #ifndef WD_H
 #define WD_H

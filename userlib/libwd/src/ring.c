@@ -55,7 +55,7 @@ int wd_ring_init(struct wd_queue *q)
 	struct wd_queue_priv *p = q->priv;
 
 	p->slots = calloc(p->entries, sizeof(*p->slots));
-	p->done = calloc(p->entries, sizeof(*p->done));
+	p->done = calloc(2 * (size_t)p->entries, sizeof(*p->done));
 	if (!p->slots || !p->done)
 		return wd_err(ENOMEM, "ring tables of %u entries", p->entries);
 	p->mask = p->entries - 1;
@@ -170,7 +170,7 @@ static int reap_locked(struct wd_queue_priv *p)
 			__atomic_store_n(&r->state, WD_RS_RUN_DONE, __ATOMIC_RELEASE);
 		} else {
 			r->state = WD_RS_DONE;
-			p->done[p->done_tail++ & p->mask] = r;
+			p->done[p->done_tail++ & (2 * p->entries - 1)] = r;
 		}
 	}
 	p->cq_head = tail;
@@ -218,8 +218,13 @@ static int room_locked(struct wd_queue_priv *p)
 	int i;
 
 	for (i = 0; i < 2; i++) {
-		/* completed but not yet received requests hold their place too */
-		if (p->sq_tail - p->cq_head + (p->done_tail - p->done_head) < p->entries &&
+		/*
+		 * At most a ring in flight, and at most two rings' worth in
+		 * flight or completed but not yet received (the done list).
+		 */
+		__u32 flying = p->sq_tail - p->cq_head;
+
+		if (flying < p->entries && flying + (p->done_tail - p->done_head) < 2 * p->entries &&
 		    !p->slots[p->sq_tail & p->mask])
 			return 1;
 		if (i == 0 && reap_locked(p) <= 0)
@@ -354,7 +359,7 @@ static int recv_locked(struct wd_queue_priv *p, struct wd_req **out, int n)
 			return ret;
 	}
 	while (got < n && p->done_head != p->done_tail) {
-		struct wd_req *r = p->done[p->done_head++ & p->mask];
+		struct wd_req *r = p->done[p->done_head++ & (2 * p->entries - 1)];
 
 		r->state = WD_RS_IDLE;
 		out[got++] = r;
@@ -433,10 +438,10 @@ static int cond_met(struct wd_queue_priv *p, const struct wd_cond *c)
 		return 1;
 	if (c->want_space) {
 		__u32 tail = relaxed(&p->sq_tail);
-		__u32 used = tail - relaxed(&p->cq_head) +
-			     (relaxed(&p->done_tail) - relaxed(&p->done_head));
+		__u32 flying = tail - relaxed(&p->cq_head);
+		__u32 used = flying + (relaxed(&p->done_tail) - relaxed(&p->done_head));
 
-		if (used < p->entries &&
+		if (flying < p->entries && used < 2 * p->entries &&
 		    !__atomic_load_n(&p->slots[tail & p->mask], __ATOMIC_RELAXED))
 			return 1;
 	}

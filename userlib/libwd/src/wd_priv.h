@@ -69,7 +69,7 @@ struct wd_queue_priv {
 	/* ring state */
 	__u32 sq_tail, cq_head;
 	struct wd_req **slots;	/* by tag & mask: requests in flight */
-	struct wd_req **done;	/* completed, not yet received (a ring) */
+	struct wd_req **done;	/* completed, not yet received (2 * entries) */
 	__u32 done_head, done_tail;
 	int dead;		/* WD_Q_DEAD seen, or ENODEV */
 	int broken;		/* the device broke the protocol */

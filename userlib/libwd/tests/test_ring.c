@@ -222,6 +222,35 @@ static void test_full_empty_tags_wrap(void)
 	sim_fini(&s);
 }
 
+/* Completed requests not yet received hold places too: at most two rings' worth. */
+static void test_done_list_bound(void)
+{
+	struct wd_req r[9], *got;
+	struct sim s;
+	struct wd_queue q;
+	int i;
+
+	sim_init(&s, 4);
+	CHECK(sim_attach(&s, &q) == 0);
+	for (i = 0; i < 9; i++)
+		r[i] = (struct wd_req){ .opcode = WD_OP_NOP };
+	for (i = 0; i < 4; i++)
+		CHECK(wd_send(&q, &r[i]) == 0);
+	CHECK(sim_step(&s, 100) == 4);
+	for (i = 4; i < 8; i++)		/* the first four are reaped to the done list */
+		CHECK(wd_send(&q, &r[i]) == 0);
+	CHECK(sim_step(&s, 100) == 4);
+	CHECK(wd_send(&q, &r[8]) == -EBUSY);	/* eight completed, none received */
+	CHECK(wd_recv(&q, (void **)&got) == 0 && got == &r[0]);
+	CHECK(wd_send(&q, &r[8]) == 0);
+	CHECK(sim_step(&s, 100) == 1);
+	for (i = 1; i < 9; i++)
+		CHECK(wd_recv(&q, (void **)&got) == 0 && got == &r[i]);
+	CHECK(wd_recv(&q, (void **)&got) == -EAGAIN);
+	wd_release_queue(&q);
+	sim_fini(&s);
+}
+
 static void test_crc_known_answer_and_chaining(void)
 {
 	struct sim s;
@@ -496,6 +525,7 @@ int main(void)
 {
 	test_header_checked();
 	test_full_empty_tags_wrap();
+	test_done_list_bound();
 	test_crc_known_answer_and_chaining();
 	test_weak_order_and_slot_reuse();
 	test_hostile_device();
