@@ -143,6 +143,9 @@ int wd_do_sha256(struct wd_queue *q, const void *src, size_t len, __u8 *digest,
                  __u16 *status);
 int wd_do_xfer(struct wd_queue *q, __u16 opcode, const void *src, size_t len,
                void *dst, size_t *out_len, __u16 *status);
+long long wd_crc32c_call(struct wd_queue *q, const char *src, size_t len, __u32 seed);
+int wd_sha256_call(struct wd_queue *q, const char *src, size_t len, char *digest);
+int wd_last_status(void);
 int wd_do_many(struct wd_queue *q, __u16 opcode, const void *src, const __u32 *lens, int n,
                void *dst, __u32 dst_stride, __u32 *results, __u32 *out_lens,
                __u16 *statuses);

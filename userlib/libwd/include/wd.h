@@ -185,6 +185,17 @@ int wd_do_sha256(struct wd_queue *q, const void *src, size_t len,
 int wd_do_xfer(struct wd_queue *q, __u16 opcode, const void *src, size_t len,
 	       void *dst, size_t *out_len, __u16 *status);
 /*
+ * The same for bindings that want one call and one return value: the CRC
+ * (0..2^32-1), or a negative errno (-EBADF: the queue is not open); on
+ * -EIO, wd_last_status() is the device's status.  wd_do_sha256_into
+ * returns 0 or a negative errno likewise.
+ */
+long long wd_crc32c_call(struct wd_queue *q, const char *src, size_t len, __u32 seed);
+int wd_sha256_call(struct wd_queue *q, const char *src, size_t len, char *digest);
+/* The device status of the calling thread's last failed request. */
+int wd_last_status(void);
+
+/*
  * Batches: n pieces laid end to end in src, piece i is lens[i] bytes.
  * wd_do_many: any opcode; piece i writes to dst + i * dst_stride (dst_stride
  * bytes of room; dst unused when dst_stride is 0); results, out_lens and

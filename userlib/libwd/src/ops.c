@@ -63,10 +63,18 @@ static int check_len(size_t len)
 	return 0;
 }
 
+static __thread int last_status;
+
+int wd_last_status(void)
+{
+	return last_status;
+}
+
 static int outcome(const struct wd_req *r, __u16 *status, const char *what)
 {
 	if (status)
 		*status = r->status;
+	last_status = r->status;
 	if (r->status != WD_STS_OK)
 		return wd_fail(-EIO, "%s failed on the device: status %u", what, r->status);
 	return 0;
@@ -230,4 +238,22 @@ int wd_do_sha256_many(struct wd_queue *q, const void *src, const __u32 *lens, in
 		return wd_fail(-EINVAL, "wd_do_sha256_many: NULL digests");
 	return wd_do_many(q, WD_OP_SHA256, src, lens, n, digests, WD_SHA256_DIGEST_LEN, NULL, NULL,
 			  statuses);
+}
+
+long long wd_crc32c_call(struct wd_queue *q, const char *src, size_t len, __u32 seed)
+{
+	__u32 crc = 0;
+	int ret;
+
+	if (!q || !q->priv)
+		return wd_fail(-EBADF, "the queue is not open (released?)");
+	ret = wd_do_crc32c(q, src, len, seed, &crc, NULL);
+	return ret ? ret : (long long)crc;
+}
+
+int wd_sha256_call(struct wd_queue *q, const char *src, size_t len, char *digest)
+{
+	if (!q || !q->priv)
+		return wd_fail(-EBADF, "the queue is not open (released?)");
+	return wd_do_sha256(q, src, len, (__u8 *)digest, NULL);
 }

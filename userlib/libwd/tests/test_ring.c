@@ -268,6 +268,8 @@ static void test_crc_known_answer_and_chaining(void)
 	CHECK(wd_do_crc32c(&q, "1234", 4, 0, &a, NULL) == 0);
 	CHECK(wd_do_crc32c(&q, "56789", 5, a, &crc, NULL) == 0);
 	CHECK(crc == 0xe3069283);
+	CHECK(wd_crc32c_call(&q, "123456789", 9, 0) == 0xe3069283LL);
+	CHECK(wd_crc32c_call(&q, "x", WD_MAX_LEN + 1ULL, 0) == -E2BIG);
 	s.stop = 1;
 	pthread_join(s.thread, NULL);
 	wd_release_queue(&q);
@@ -504,6 +506,7 @@ static void test_bad_arguments(void)
 	struct wd_queue q;
 
 	CHECK(wd_request_queue(NULL, NULL) == -EINVAL);
+	CHECK(wd_crc32c_call(&q0, "x", 1, 0) == -EBADF);	/* never opened */
 	CHECK(wd_request_queue(&q0, &(struct wd_capa){ .alg = NULL }) == -EINVAL);
 	sim_init(&s, 8);
 	CHECK(sim_attach(&s, &q) == 0);

@@ -60,7 +60,7 @@ DEFAULT_CASES: tuple[tuple[str, int], ...] = (
     ("crc32c", 64), ("crc32c", 4096), ("sha256", 64), ("sha256", 65536), ("zlib", 262144),
 )
 BATCH = 64
-OPCODE = ("crc32c", "sha256", "zlib")  # the algorithms a case may name
+ALGOS = ("crc32c", "sha256", "zlib")  # the algorithms a case may name
 #: the C benchmark program (userlib/libwd/wd_bench, `make -C userlib/libwd`).
 C_BENCH_ENV = "WD_C_BENCH"
 C_BENCH_DEFAULT = Path(__file__).resolve().parents[2] / "libwd" / "wd_bench"
@@ -311,12 +311,37 @@ def ratios(results: list[Result]) -> list[Ratio]:
     return out
 
 
+#: column order of the table: the public API first, prepared batches last.
+COLUMNS = ("py-call", f"py-many-b{BATCH}", "py-decompress", "c-sync", "c-call", "afalg", "cpu",
+           "cpu-pure-python", "engine", f"prepared-b{BATCH}")
+
+
 def table(results: list[Result]) -> str:
-    lines = [f"{'algo':7} {'size':>6} {'path':16} {'ops/s':>11} {'MB/s':>9} {'spread':>7}"]
-    for r in results:
-        lines.append(f"{r.algo:7} {r.size:6d} {r.path:16} {r.median:11.0f} "
-                     f"{r.median * r.size / 1e6:9.2f} {r.spread * 100:6.1f}%")
+    """Medians in ops/s, one row per case, the public API's columns first."""
+    cases = list(dict.fromkeys((r.algo, r.size) for r in results))
+    present = {r.path for r in results}
+    cols = [c for c in COLUMNS if c in present] + sorted(present - set(COLUMNS))
+    head = f"| {'case':15} | " + " | ".join(f"{c:>13}" for c in cols) + " |"
+    lines = [head, "|" + "-" * 17 + "|" + "|".join("-" * 14 + ":" for _ in cols) + "|"]
+    for algo, size in cases:
+        cells = []
+        for c in cols:
+            r = find(results, c, algo, size)
+            cells.append(f"{r.median:>13,.0f}" if r and r.rounds else f"{'':>13}")
+        lines.append(f"| {algo + ' ' + _size(size):15} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def spreads(results: list[Result]) -> str:
+    """The spread of every figure, for judging the noise."""
+    return "\n".join(f"{r.algo:7} {r.size:8d} {r.path:16} spread {r.spread * 100:5.1f}% "
+                     f"({len(r.rounds)} rounds)" for r in results)
+
+
+def _size(n: int) -> str:
+    if n % 1024 == 0 and n >= 1024:
+        return f"{n // 1024} KiB"
+    return f"{n} B"
 
 
 def ratio_table(rs: list[Ratio]) -> str:

@@ -158,8 +158,10 @@ class Queue:
         _live_queues.discard(self)
 
     def _abandon(self) -> None:
-        """In a forked child: the mappings are gone; never touch the queue."""
+        """In a forked child: the mappings are gone; never touch the queue
+        (a zeroed struct wd_queue makes every libwd call refuse, -EBADF/-EINVAL)."""
         self._released = True
+        self.q = ffi.new("struct wd_queue *")
         _live_queues.discard(self)
 
     @property
@@ -387,35 +389,36 @@ class Queue:
             return ffi.from_buffer(data.view)
         return ffi.from_buffer(data)
 
-    def _failed(self, ret: int, status: Any, what: str) -> Exception:
-        if ret == -errno.EIO and status[0]:
-            return RequestFailedError(int(status[0]), what)
+    def _call_error(self, ret: int, what: str) -> Exception:
+        if ret == -errno.EBADF:
+            return QueueReleasedError("queue was released; request a new one")
+        if ret == -errno.EIO and lib.wd_last_status():
+            return RequestFailedError(int(lib.wd_last_status()), what)
         return error_for(ret, what)
 
     def crc32c(self, data: Data, value: int = 0) -> int:
         """CRC-32C (Castagnoli) of ``data``, continuing from ``value`` (a
-        previous result, as zlib.crc32's): one C call."""
-        self._need("crc32c")
-        n = len(data)
-        self._check_len(n)
-        out = ffi.new("uint32_t[1]")
-        st = ffi.new("uint16_t[1]")
-        ret = lib.wd_do_crc32c(self._usable(), self._cbuf(data), n, value, out, st)
-        if ret:
-            raise self._failed(ret, st, "crc32c")
-        return int(out[0])
+        previous result, as zlib.crc32's): one C call, which stages the data
+        (or uses a shared Buffer in place), submits, spins and reaps."""
+        if self.algo_type != "crc32c":
+            self._need("crc32c")
+        # bytes go to C as they are (cffi passes their buffer for a char *)
+        src = data if type(data) is bytes else self._cbuf(data)
+        ret: int = lib.wd_crc32c_call(self.q, src, len(data), value)
+        if ret < 0:
+            raise self._call_error(ret, "crc32c")
+        return ret
 
     def sha256(self, data: Data) -> bytes:
         """SHA-256 digest of ``data`` (at most WD_MAX_LEN bytes): one C call."""
-        self._need("sha256")
-        n = len(data)
-        self._check_len(n)
-        out = bytearray(abi.WD_SHA256_DIGEST_LEN)
-        st = ffi.new("uint16_t[1]")
-        ret = lib.wd_do_sha256(self._usable(), self._cbuf(data), n, ffi.from_buffer(out), st)
+        if self.algo_type != "sha256":
+            self._need("sha256")
+        src = data if type(data) is bytes else self._cbuf(data)
+        out = ffi.new("char[32]")
+        ret = lib.wd_sha256_call(self.q, src, len(data), out)
         if ret:
-            raise self._failed(ret, st, "sha256")
-        return bytes(out)
+            raise self._call_error(ret, "sha256")
+        return bytes(ffi.buffer(out, 32))
 
     def _xfer(self, opcode: int, data: Data, room: int, what: str) -> tuple[int, bytearray, int]:
         """(ret, output buffer, bytes written) of one wd_do_xfer."""
