@@ -133,6 +133,8 @@ __u64 wd_dev_addr(struct wd_queue *q, const void *addr, size_t len);
 int wd_is_shared(struct wd_queue *q, const void *addr, size_t len);
 int wd_in_flight(struct wd_queue *q);
 int wd_is_dead(struct wd_queue *q);
+struct wd_stats { unsigned long kicks, sleeps, spins, spurious; };
+void wd_queue_stats(struct wd_queue *q, struct wd_stats *st);
 int wd_arm_wait(struct wd_queue *q);
 int wd_run(struct wd_queue *q, struct wd_req *req, int timeout_ms);
 int wd_run_many(struct wd_queue *q, struct wd_req *reqs, int n, int timeout_ms);

@@ -246,6 +246,13 @@ int main(int argc, char **argv)
 			reps *= 2;
 	}
 	printf("ops_per_sec %.1f\n", (double)ops / (t - start));
+	{
+		struct wd_stats st;
+
+		wd_queue_stats(&b.q, &st);
+		fprintf(stderr, "wd_bench: %ld ops, %lu kicks, %lu spins, %lu sleeps\n", ops,
+			st.kicks, st.spins, st.sleeps);
+	}
 	while (b.in_flight > 0) {
 		struct wd_req *got;
 

@@ -67,7 +67,7 @@ struct wd_queue_priv;
 struct wd_queue {
 	/* in (optional) */
 	const char *sysfs_root;	/* NULL: "/sys" */
-	__u32 spin;		/* ring polls before a sync call sleeps; 0: about 100 us */
+	__u32 spin;		/* ring polls before a sync call sleeps; 0: ~100 us */
 
 	/* out */
 	char name[40];		/* the mdev's UUID */
@@ -153,6 +153,11 @@ int wd_is_shared(struct wd_queue *q, const void *addr, size_t len);
 /* Requests submitted and not yet received; 1 if the queue is dead. */
 int wd_in_flight(struct wd_queue *q);
 int wd_is_dead(struct wd_queue *q);
+/* Counters, for tuning: kicks (pwrite), sleeps on the eventfd, spins, ignored CQEs. */
+struct wd_stats {
+	unsigned long kicks, sleeps, spins, spurious;
+};
+void wd_queue_stats(struct wd_queue *q, struct wd_stats *st);
 /*
  * For event loops (epoll, asyncio) that wait on q->event_fd themselves:
  * drain it, arm irq_request and re-check.  1: nothing has arrived, wait

@@ -20,35 +20,51 @@
 #define DEAD_BITS	(WD_Q_DEAD | WD_Q_RELEASE)
 
 /*
- * How many ring polls make WD_SPIN_US microseconds on this CPU: the sync
- * calls spin that long before sleeping.  Measured once per process (a
- * clock read can be a system call in a guest, so the spin loop counts
- * polls instead of reading the clock).
+ * The sync calls spin about WD_SPIN_US microseconds before sleeping.  The
+ * spin cannot read the clock: in a guest without a vDSO clocksource that is
+ * a system call (7 us under TCG).  On x86 it reads the TSC, whose rate is
+ * measured once per process against CLOCK_MONOTONIC across a short sleep
+ * (robust to being descheduled meanwhile); elsewhere it counts polls.
  */
-static __u32 spin_polls(const struct wd_queue_priv *p)
-{
-	static __u32 polls;
-	struct timespec a, b;
-	__u32 i, sink = 0;
-	double ns;
+#if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
+#define WD_HAVE_TSC 1
 
-	if (__atomic_load_n(&polls, __ATOMIC_RELAXED))
-		return polls;
-	clock_gettime(CLOCK_MONOTONIC, &a);
-	for (i = 0; i < 20000; i++) {
-		sink += wd_load(&p->hdr->cq_tail);
-		wd_cpu_relax();
-	}
-	clock_gettime(CLOCK_MONOTONIC, &b);
-	ns = (double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec) + (sink & 1);
-	i = ns > 0 ? (__u32)(20000.0 * WD_SPIN_US * 1000.0 / ns) : WD_DEFAULT_SPIN;
-	if (i < 1000)
-		i = 1000;
-	if (i > 10000000)
-		i = 10000000;
-	__atomic_store_n(&polls, i, __ATOMIC_RELAXED);
-	return i;
+static __u64 spin_us = WD_SPIN_US;
+
+/* WD_SPIN_US in the environment overrides the longest spin (0: never spin). */
+static void spin_env(void)
+{
+	const char *v = getenv("WD_SPIN_US");
+
+	if (v && *v)
+		spin_us = strtoull(v, NULL, 10);
+	if (spin_us > 100000)
+		spin_us = 100000;
 }
+
+static __u64 spin_ticks(void)
+{
+	static __u64 ticks;
+	struct timespec a, b, nap = { 0, 2000000 };
+	__u64 t0, t1, ns;
+
+	if (__atomic_load_n(&ticks, __ATOMIC_RELAXED))
+		return ticks;
+	spin_env();
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	t0 = __rdtsc();
+	nanosleep(&nap, NULL);
+	t1 = __rdtsc();
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	ns = (__u64)(b.tv_sec - a.tv_sec) * 1000000000ULL + (__u64)b.tv_nsec - (__u64)a.tv_nsec;
+	t1 = ns && t1 > t0 ? (t1 - t0) * 1000ULL / ns : 0;	/* ticks per us */
+	if (!t1)
+		t1 = 1000;	/* no usable TSC: assume 1 GHz */
+	__atomic_store_n(&ticks, t1, __ATOMIC_RELAXED);	/* TSC ticks per microsecond */
+	return t1;
+}
+#endif
 
 int wd_ring_init(struct wd_queue *q)
 {
@@ -63,8 +79,12 @@ int wd_ring_init(struct wd_queue *q)
 	p->cq_head = p->sq_tail;
 	p->last = -1;
 	q->entries = p->entries;
+#ifdef WD_HAVE_TSC
+	spin_ticks();	/* measured now, not in the first wait */
+#else
 	if (!q->spin)
-		q->spin = spin_polls(p);
+		q->spin = WD_DEFAULT_SPIN;
+#endif
 	return 0;
 }
 
@@ -453,6 +473,40 @@ static int spin(struct wd_queue *q, const struct wd_cond *c)
 	struct wd_queue_priv *p = q->priv;
 	__u32 i;
 
+	__atomic_fetch_add(&p->spins, 1, __ATOMIC_RELAXED);
+#ifdef WD_HAVE_TSC
+	/*
+	 * The default spin adapts, as the engine's polling window does: it
+	 * starts at WD_SPIN_US, halves each time it ends without a completion
+	 * (down to WD_SPIN_MIN_US) and doubles (up to WD_SPIN_US) each time one
+	 * arrives in it.  An engine on another CPU answers within the spin and
+	 * the caller never sleeps; an engine sharing the caller's CPU cannot run
+	 * while the caller polls, so there the spin shrinks and the caller
+	 * sleeps on the eventfd at once, which lets the engine run.
+	 */
+	if (!q->spin) {
+		__u64 t0 = __rdtsc(), per_us = spin_ticks();
+		__u32 us = __atomic_load_n(&p->spin_us, __ATOMIC_RELAXED);
+		__u64 ticks;
+
+		if (!us)
+			us = (__u32)spin_us;
+		ticks = per_us * us;
+		for (;;) {
+			if (cond_met(p, c)) {
+				us = us * 2 > spin_us ? (__u32)spin_us : us * 2;
+				__atomic_store_n(&p->spin_us, us, __ATOMIC_RELAXED);
+				return 1;
+			}
+			if (__rdtsc() - t0 > ticks)
+				break;
+			wd_cpu_relax();
+		}
+		us = us / 2 < WD_SPIN_MIN_US ? WD_SPIN_MIN_US : us / 2;
+		__atomic_store_n(&p->spin_us, us, __ATOMIC_RELAXED);
+		return 0;
+	}
+#endif
 	for (i = 0; i < q->spin; i++) {
 		if (cond_met(p, c))
 			return 1;
@@ -524,6 +578,7 @@ static int sleep_once(struct wd_queue *q, const struct wd_cond *c, long deadline
 	} else {
 		struct pollfd pfd = { .fd = q->event_fd, .events = POLLIN };
 
+		p->sleeps++;	/* only the sleeper writes it */
 		if (poll(&pfd, 1, timeout) > 0 && read(q->event_fd, &cnt, sizeof(cnt)) < 0)
 			cnt = 0;
 	}
@@ -707,6 +762,21 @@ int wd_arm_wait(struct wd_queue *q)
 	}
 	pthread_mutex_unlock(&p->lock);
 	return 1;
+}
+
+void wd_queue_stats(struct wd_queue *q, struct wd_stats *st)
+{
+	struct wd_queue_priv *p = q->priv;
+
+	memset(st, 0, sizeof(*st));
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->lock);
+	st->kicks = p->kicks;
+	st->sleeps = p->sleeps;
+	st->spurious = p->spurious;
+	st->spins = p->spins;
+	pthread_mutex_unlock(&p->lock);
 }
 
 int wd_is_dead(struct wd_queue *q)

@@ -18,7 +18,8 @@
 #include "wd.h"
 
 #define WD_DEFAULT_SPIN		4096	/* ring polls before sleeping, if uncalibrated */
-#define WD_SPIN_US		100	/* how long the sync calls spin before sleeping */
+#define WD_SPIN_US		100	/* longest spin of the sync calls before sleeping */
+#define WD_SPIN_MIN_US		2	/* shortest (the spin adapts in between) */
 #define WD_PAGE			4096UL
 
 /* struct wd_req.state */
@@ -73,7 +74,8 @@ struct wd_queue_priv {
 	__u32 done_head, done_tail;
 	int dead;		/* WD_Q_DEAD seen, or ENODEV */
 	int broken;		/* the device broke the protocol */
-	unsigned long kicks, spurious;
+	unsigned long kicks, spurious, sleeps, spins;
+	__u32 spin_us;		/* the adaptive spin (racy hint, no lock) */
 
 	/* memory shared with the device, sorted by va */
 	struct wd_share *shares;
