@@ -67,7 +67,7 @@ struct wd_queue_priv;
 struct wd_queue {
 	/* in (optional) */
 	const char *sysfs_root;	/* NULL: "/sys" */
-	__u32 spin;		/* ring polls before a sync call sleeps; 0: ~100 us */
+	__u32 spin;		/* ring polls before a sync call sleeps; 0: adaptive, <= 100 us */
 
 	/* out */
 	char name[40];		/* the mdev's UUID */
