@@ -117,9 +117,11 @@ def bench(session: nox.Session) -> None:
     """`wrapdrive bench` in a 6.1 guest, then the table, JSON and plot in bench-results/.
 
     Not part of the default sessions: figures from a TCG guest are ratios, never a
-    pass/fail test.  Extra arguments go to `wrapdrive bench` (e.g. --rounds 3)."""
+    pass/fail test.  The C paths run userlib/libwd/wd_bench, built here first.  Nothing
+    is pinned.  Extra arguments go to `wrapdrive bench` (e.g. --rounds 3)."""
     # The in-process crc32c reference and the plot: only this session needs them.
     _run(session, PY, "-m", "pip", "install", "-q", "crc32c==2.9.post0", "matplotlib==3.11.2")
+    _run(session, "make", "-s", "-C", str(REPO / "userlib" / "libwd"), "wd_bench")
     out = REPO / "bench-results"
     out.mkdir(exist_ok=True)
     shared = REPO / ".cache" / "vm" / "bench.json"  # .cache/vm is writable from the guest

@@ -25,31 +25,35 @@ def test_median_and_spread() -> None:
 
 def test_ratios_are_computed_from_one_run_against_the_targets() -> None:
     results = [
-        _res("queue-poll-b64", "crc32c", 64, 600.0),
-        _res("queue-poll-b1", "crc32c", 64, 250.0),
+        _res("py-many-b64", "crc32c", 64, 600.0),
+        _res("py-call", "crc32c", 64, 150.0),
+        _res("c-sync", "crc32c", 64, 120.0),
+        _res("prepared-b64", "crc32c", 64, 1200.0),
         _res("afalg", "crc32c", 64, 100.0),
-        _res("queue-poll-b1", "sha256", 64, 40.0),
-        _res("afalg", "sha256", 64, 50.0),
-        _res("queue-poll-b16", "sha256", 65536, 9.0),
-        _res("queue-poll-b64", "sha256", 65536, 10.0),
+        _res("py-call", "sha256", 65536, 9.0),
         _res("engine", "sha256", 65536, 10.0),
-        _res("afalg", "sha256", 65536, 12.0),
+        _res("afalg", "sha256", 65536, 6.0),
+        _res("py-call", "zlib", 262144, 8.0),
+        _res("c-call", "zlib", 262144, 9.5),
+        _res("engine", "zlib", 262144, 10.0),
     ]
     by_name = {r.name: r for r in bench.ratios(results)}
-    assert by_name["crc32c 64 B batch 64: queue / AF_ALG ops/s"].value == 6.0
-    assert by_name["crc32c 64 B batch 64: queue / AF_ALG ops/s"].met
-    rt = by_name["crc32c 64 B batch 1 round trip: queue / AF_ALG time"]
-    assert rt.value == pytest.approx(0.4) and rt.met
-    rt = by_name["sha256 64 B batch 1 round trip: queue / AF_ALG time"]
-    assert rt.value == pytest.approx(1.25) and not rt.met
-    assert by_name["sha256 64 KiB: best queue / engine ops/s"].value == 1.0
-    af = by_name["sha256 64 KiB: best queue / AF_ALG ops/s"]
-    assert af.value == pytest.approx(10 / 12) and not af.met
+    many = by_name["crc32c 64 B q.crc32c_many(b64) / AF_ALG"]
+    assert many.value == 6.0 and many.met and many.target == ">= 5"
+    one = by_name["crc32c 64 B q.crc32c() one at a time / AF_ALG"]
+    assert one.value == 1.5 and not one.met
+    assert by_name["crc32c 64 B C wd_send_sync+wd_recv_sync / AF_ALG"].met
+    assert by_name["crc32c 64 B C prepared b64 / AF_ALG"].value == 12.0
+    eng = by_name["sha256 64 KiB q.sha256() / engine"]
+    assert eng.value == pytest.approx(0.9) and not eng.met
+    assert by_name["sha256 64 KiB q.sha256() / AF_ALG"].value == pytest.approx(1.5)
+    assert not by_name["zlib 256 KiB q.compress() / engine"].met
+    assert by_name["zlib 256 KiB C wd_do_xfer deflate / engine"].met
     assert "MISSED" in bench.ratio_table(list(by_name.values()))
 
 
 def test_no_afalg_means_no_afalg_ratio() -> None:
-    results = [_res("queue-poll-b64", "crc32c", 64, 600.0)]
+    results = [_res("py-many-b64", "crc32c", 64, 600.0)]
     assert bench.ratios(results) == []
 
 
@@ -94,10 +98,27 @@ def test_bench_rejects_bad_rounds(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--rounds" in capsys.readouterr().err
 
 
-def test_engine_threads_found_by_name(tmp_path: Path) -> None:
-    for pid, comm in ((12, "wd_dummy/0\n"), (13, "python3\n"), (14, "wd_dummy/1\n")):
-        (tmp_path / str(pid)).mkdir()
-        (tmp_path / str(pid) / "comm").write_text(comm)
-    (tmp_path / "15").mkdir()  # exited: no comm
-    (tmp_path / "self").mkdir()
-    assert sorted(bench.engine_threads(tmp_path)) == [12, 14]
+def test_json_keeps_one_entry_per_path_algo_size(tmp_path: Path) -> None:
+    results = [_res("py-call", "crc32c", 64, 1.0, 3.0), _res("afalg", "crc32c", 64, 2.0),
+               _res("py-call", "crc32c", 4096, 5.0)]
+    out = tmp_path / "b.json"
+    bench.write_json(out, results, [], bench.Config())
+    keys = [(r["path"], r["algo"], r["size"]) for r in json.loads(out.read_text())["results"]]
+    assert len(keys) == len(set(keys)) == 3
+
+
+def test_c_benchmark_found_where_make_puts_it(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    assert bench.C_BENCH_DEFAULT.parent.name == "libwd"
+    prog = tmp_path / "wd_bench"
+    monkeypatch.setenv(bench.C_BENCH_ENV, str(prog))
+    assert bench.c_bench_path() is None
+    prog.write_text("#!/bin/sh\ntest \"$6\" = text && echo ops_per_sec 1234.5\n")
+    prog.chmod(0o755)
+    assert bench.c_bench_path() == prog
+    assert bench.c_step(prog, "crc32c", 64, "sync", 1, 0.01) == 1234.5
+
+
+def test_nothing_is_pinned() -> None:
+    text = Path(bench.__file__).read_text()
+    assert "sched_setaffinity" not in text

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from wrapdrive import cli
+from wrapdrive.abi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER
 from wrapdrive.fakesysfs import FakeDevice, FakeType, build
-from wrapdrive.uapi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER
 
 
 def tree(tmp_path: Path) -> Path:

@@ -1,5 +1,7 @@
-"""Discovery, ranking, NUMA distance, fall-back, reclaim and error messages of
-the userlib against fake sysfs trees (no VM, no root)."""
+"""Discovery, ranking, NUMA distance, fall-back, reclaim and error messages
+against fake sysfs trees (no VM, no root).  Ranking, creation and reclaim are
+libwd's C code (select.c) called through the cffi binding: the same code
+wd_request_queue runs, in C programs and in Python."""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from wrapdrive import errors, selection, sysfs
+from wrapdrive.abi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER
 from wrapdrive.fakesysfs import FakeDevice, FakeType, build
 from wrapdrive.selection import Capa, rank
-from wrapdrive.uapi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER
 
 DIST = {0: [10, 20], 1: [20, 10]}
 
@@ -61,64 +63,56 @@ def test_types_without_capabilities_are_not_wrapdrive(tmp_path: Path) -> None:
 
 
 def test_priority_decides_first(tmp_path: Path) -> None:
-    devs = sysfs.scan(two_devices(tmp_path, prio0=30, prio1=20))
-    best = rank(devs, Capa("sha256"), 0, DIST)[0]
-    assert best.device.name == "wd_dummy.1"  # smaller priority wins over NUMA distance
+    root = two_devices(tmp_path, prio0=30, prio1=20)
+    best = rank(Capa("sha256"), 0, root)[0]
+    assert best.parent == "wd_dummy.1"  # smaller priority wins over NUMA distance
 
 
 @pytest.mark.parametrize("bad", [0, 101, -1, 1000])
 def test_out_of_range_priority_is_never_chosen(tmp_path: Path, bad: int) -> None:
-    devs = sysfs.scan(two_devices(tmp_path, prio0=bad, prio1=100))
-    ranked = rank(devs, Capa("sha256"), 0, DIST)
-    assert {c.device.name for c in ranked} == {"wd_dummy.1"}
-    devs = sysfs.scan(two_devices(tmp_path, prio0=bad, prio1=bad))
-    assert rank(devs, Capa("sha256"), 0, DIST) == []
+    root = two_devices(tmp_path, prio0=bad, prio1=100)
+    ranked = rank(Capa("sha256"), 0, root)
+    assert {c.parent for c in ranked} == {"wd_dummy.1"}
+    root = two_devices(tmp_path, prio0=bad, prio1=bad)
+    assert rank(Capa("sha256"), 0, root) == []
 
 
 def test_priority_bounds_are_inclusive(tmp_path: Path) -> None:
-    devs = sysfs.scan(two_devices(tmp_path, prio0=1, prio1=100))
-    ranked = rank(devs, Capa("sha256"), 1, DIST)
-    assert [(c.device.name, c.mtype.name) for c in ranked] == [
+    root = two_devices(tmp_path, prio0=1, prio1=100)
+    ranked = rank(Capa("sha256"), 1, root)
+    assert [(c.parent, c.mdev_type) for c in ranked] == [
         ("wd_dummy.0", "wd_dummy-sha256"), ("wd_dummy.0", "wd_dummy-sha256-sva"),
         ("wd_dummy.1", "wd_dummy-sha256"), ("wd_dummy.1", "wd_dummy-sha256-sva")]
 
 
 @pytest.mark.parametrize(("node", "expected"), [(0, "wd_dummy.0"), (1, "wd_dummy.1")])
 def test_numa_distance_breaks_priority_ties(tmp_path: Path, node: int, expected: str) -> None:
-    devs = sysfs.scan(two_devices(tmp_path, prio0=10, prio1=10))
-    assert rank(devs, Capa("sha256"), node, DIST)[0].device.name == expected
+    root = two_devices(tmp_path, prio0=10, prio1=10)
+    assert rank(Capa("sha256"), node, root)[0].parent == expected
 
 
 def test_free_instances_break_distance_ties(tmp_path: Path) -> None:
-    devs = sysfs.scan(two_devices(tmp_path, prio0=10, prio1=10, avail0=3, avail1=9))
-    assert rank(devs, Capa("crc32c"), None, {})[0].device.name == "wd_dummy.1"
+    root = two_devices(tmp_path, prio0=10, prio1=10, avail0=3, avail1=9)
+    assert rank(Capa("crc32c"), None, root)[0].parent == "wd_dummy.1"
 
 
 def test_weak_order_type_only_when_allowed(tmp_path: Path) -> None:
-    devs = sysfs.scan(two_devices(tmp_path))
-    strict = rank(devs, Capa("crc32c"), 0, DIST)
-    assert all(not c.mtype.flags & WD_WEAK_ORDER for c in strict)
-    assert {c.mtype.name for c in strict} == {"wd_dummy-crc32c"}
-    weak = rank(devs, Capa("crc32c", WD_WEAK_ORDER), 0, DIST)
-    assert {c.mtype.name for c in weak} == {"wd_dummy-crc32c", "wd_dummy-crc32c-weak"}
-    assert weak[0].mtype.name == "wd_dummy-crc32c-weak"  # asked for: preferred
+    root = two_devices(tmp_path)
+    strict = rank(Capa("crc32c"), 0, root)
+    assert all(not c.flags & WD_WEAK_ORDER for c in strict)
+    assert {c.mdev_type for c in strict} == {"wd_dummy-crc32c"}
+    weak = rank(Capa("crc32c", WD_WEAK_ORDER), 0, root)
+    assert {c.mdev_type for c in weak} == {"wd_dummy-crc32c", "wd_dummy-crc32c-weak"}
+    assert weak[0].mdev_type == "wd_dummy-crc32c-weak"  # asked for: preferred
 
 
 def test_flags_must_cover_the_request(tmp_path: Path) -> None:
-    devs = sysfs.scan(two_devices(tmp_path))
-    sva = rank(devs, Capa("sha256", WD_CAPA_SHARE_ALL), 0, DIST)
-    assert {c.mtype.name for c in sva} == {"wd_dummy-sha256-sva"}
-    assert rank(devs, Capa("zlib", WD_CAPA_SHARE_ALL), 0, DIST) == []
+    root = two_devices(tmp_path)
+    sva = rank(Capa("sha256", WD_CAPA_SHARE_ALL), 0, root)
+    assert {c.mdev_type for c in sva} == {"wd_dummy-sha256-sva"}
+    assert rank(Capa("zlib", WD_CAPA_SHARE_ALL), 0, root) == []
     # the exact type is preferred over one with extra, unrequested flags
-    assert rank(devs, Capa("sha256"), 0, DIST)[0].mtype.name == "wd_dummy-sha256"
-
-
-def test_flags_match_table() -> None:
-    fm = selection.flags_match
-    assert fm(0, 0) and fm(0, WD_WEAK_ORDER)
-    assert not fm(WD_WEAK_ORDER, 0) and fm(WD_WEAK_ORDER, WD_WEAK_ORDER)
-    assert not fm(0, WD_CAPA_SHARE_ALL) and fm(WD_CAPA_SHARE_ALL, 0)
-    assert fm(WD_CAPA_SHARE_ALL | WD_WEAK_ORDER, WD_CAPA_SHARE_ALL | WD_WEAK_ORDER)
+    assert rank(Capa("sha256"), 0, root)[0].mdev_type == "wd_dummy-sha256"
 
 
 def test_numa_tables_and_calling_node(tmp_path: Path) -> None:
@@ -128,10 +122,24 @@ def test_numa_tables_and_calling_node(tmp_path: Path) -> None:
     assert sysfs.cpu_node({1}, 0, root) == 1  # pinned to node 1's CPU: node 1
     assert sysfs.cpu_node({0, 1}, 1, root) == 1  # spread: the CPU it runs on
     assert sysfs.cpu_node({0, 1}, None, tmp_path / "nowhere") is None
-    assert selection.distance(DIST, 0, 1) == 20
-    assert selection.distance(DIST, 1, 1) == 10
-    assert selection.distance(DIST, None, 1) == 0
-    assert selection.distance(DIST, 0, -1) == selection.UNKNOWN_DISTANCE
+    dist = {(c.parent, node): c.distance for node in (0, 1)
+            for c in rank(Capa("sha256"), node, root)}
+    assert dist == {("wd_dummy.0", 0): 10, ("wd_dummy.0", 1): 20,
+                    ("wd_dummy.1", 0): 20, ("wd_dummy.1", 1): 10}
+    assert {c.distance for c in rank(Capa("sha256"), None, root)} == {0}  # node unknown
+
+
+def test_calling_node_from_the_c_library(tmp_path: Path) -> None:
+    root = two_devices(tmp_path)
+    cpu = os.sched_getaffinity(0)
+    node = selection.calling_node(root)
+    if cpu <= {0}:
+        assert node == 0
+    elif cpu <= {1}:
+        assert node == 1
+    else:  # spread over both: the node of the CPU it runs on, if it is 0 or 1
+        assert node in (0, 1, None)
+    assert selection.calling_node(tmp_path / "nowhere") is None
 
 
 def test_cpulist_parsing() -> None:
@@ -147,7 +155,7 @@ def created(root: Path, dev: str, sysfs_name: str) -> str:
 def test_create_writes_an_owned_uuid_to_the_best_type(tmp_path: Path) -> None:
     root = two_devices(tmp_path)
     cand, name = selection.create_queue_mdev(Capa("sha256"), root, node=1)
-    assert cand.device.name == "wd_dummy.0"  # priority 10 beats being near node 1
+    assert cand.parent == "wd_dummy.0"  # priority 10 beats being near node 1
     assert created(root, "wd_dummy.0", "sha256") == name
     assert sysfs.is_ours(name) and sysfs.creator_pid(name) == os.getpid()
 
@@ -155,25 +163,26 @@ def test_create_writes_an_owned_uuid_to_the_best_type(tmp_path: Path) -> None:
 def test_falls_back_when_best_has_no_free_instances(tmp_path: Path) -> None:
     root = two_devices(tmp_path, avail0=0)
     cand, name = selection.create_queue_mdev(Capa("sha256"), root, node=0)
-    assert cand.device.name == "wd_dummy.1"
+    assert cand.parent == "wd_dummy.1"
     assert created(root, "wd_dummy.1", "sha256") == name
     assert created(root, "wd_dummy.0", "sha256") == ""
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EDQUOT, errno.EUSERS])
-def test_falls_back_when_create_reports_exhaustion(tmp_path: Path, err: int,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_falls_back_when_create_reports_exhaustion(tmp_path: Path, err: int) -> None:
     root = two_devices(tmp_path)
-    real = sysfs.create_mdev
+    tried = []
 
-    def create(mtype: sysfs.MdevType, name: str) -> None:
-        if mtype.parent == "wd_dummy.0":
+    def create(path: Path, name: str) -> None:
+        tried.append(path.parent.parent.parent.name)
+        if "wd_dummy.0" in str(path):
             raise OSError(err, os.strerror(err))
-        real(mtype, name)
+        path.write_text(name)
 
-    monkeypatch.setattr(sysfs, "create_mdev", create)
-    cand, _ = selection.create_queue_mdev(Capa("zlib"), root, node=0)
-    assert cand.device.name == "wd_dummy.1"
+    cand, name = selection.create_queue_mdev(Capa("zlib"), root, node=0, create=create)
+    assert cand.parent == "wd_dummy.1"
+    assert tried == ["wd_dummy.0", "wd_dummy.1"]
+    assert created(root, "wd_dummy.1", "zlib") == name
 
 
 def test_all_exhausted_is_a_clear_error(tmp_path: Path) -> None:
@@ -182,16 +191,26 @@ def test_all_exhausted_is_a_clear_error(tmp_path: Path) -> None:
         selection.create_queue_mdev(Capa("zlib"), root, node=0)
 
 
-def test_create_permission_error_points_at_udev(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_create_permission_error_points_at_udev(tmp_path: Path) -> None:
     root = two_devices(tmp_path)
 
-    def create(mtype: sysfs.MdevType, name: str) -> None:
+    def create(path: Path, name: str) -> None:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(sysfs, "create_mdev", create)
-    with pytest.raises(errors.DevicePermissionError, match="udev"):
-        selection.create_queue_mdev(Capa("zlib"), root, node=0)
+    with pytest.raises(errors.DevicePermissionError, match="udev") as ei:
+        selection.create_queue_mdev(Capa("zlib"), root, node=0, create=create)
+    assert "wd_dummy-zlib" in str(ei.value)  # names what it tried to write
+
+
+def test_other_create_errors_are_not_taken_for_exhaustion(tmp_path: Path) -> None:
+    root = two_devices(tmp_path)
+
+    def create(path: Path, name: str) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    with pytest.raises(errors.VfioError) as ei:
+        selection.create_queue_mdev(Capa("zlib"), root, node=0, create=create)
+    assert ei.value.errno == errno.EINVAL
 
 
 def test_no_device_message_lists_what_exists(tmp_path: Path) -> None:
@@ -233,26 +252,48 @@ def reclaim_tree(tmp_path: Path) -> Path:
 
 
 def test_uuid_namespace() -> None:
-    name = sysfs.new_uuid(pid=4242)
+    name = selection.new_uuid(pid=4242)
     assert sysfs.is_ours(name) and sysfs.creator_pid(name) == 4242
     import uuid
     assert str(uuid.UUID(name)) == name
     assert not sysfs.is_ours(FOREIGN)
+    assert selection.new_uuid() != selection.new_uuid()
 
 
 def test_reclaim_picks_only_ours_dead_and_unopened(tmp_path: Path) -> None:
     root = reclaim_tree(tmp_path)
-    devs = sysfs.scan(root)
     dead = {0xfffe, 0xfffd}
-    stale = selection.stale_mdevs(devs, root, alive=lambda pid: pid not in dead,
-                                  busy=lambda group: group == 2)
-    assert stale == [OURS_DEAD]
+    asked: list[int] = []
+
+    def busy(group: int) -> bool:
+        asked.append(group)
+        return group == 2
+
+    removed = selection.reclaim(root, alive=lambda pid: pid not in dead, busy=busy)
+    assert removed == [OURS_DEAD]
+    assert sorted(asked) == [1, 2]  # the live owner's and the foreign queue: never asked
+    assert (root / "bus/mdev/devices" / OURS_DEAD_BUSY / "remove").read_text() == ""
+
+
+def test_reclaim_with_the_real_checks(tmp_path: Path) -> None:
+    root = reclaim_tree(tmp_path)
+    # pid 0xfffe/0xfffd are not running here (pid_max is far above, but the
+    # creator of OURS_ALIVE, this process, is); no /dev/vfio group is held
+    removed = selection.reclaim(root)
+    assert OURS_ALIVE not in removed and FOREIGN not in removed
+
+
+def test_create_reclaims_first(tmp_path: Path) -> None:
+    root = reclaim_tree(tmp_path)
+    selection.create_queue_mdev(Capa("sha256"), root, node=0)
+    assert (root / "bus/mdev/devices" / OURS_ALIVE / "remove").read_text() == ""
+    dead_removed = (root / "bus/mdev/devices" / OURS_DEAD / "remove").read_text() == "1"
+    assert dead_removed == (not selection.pid_alive(0xfffe))
 
 
 def test_reclaim_removes_through_sysfs(tmp_path: Path) -> None:
     root = reclaim_tree(tmp_path)
-    removed = selection.reclaim(sysfs.scan(root), root, alive=lambda pid: pid < 0xfff0,
-                                busy=lambda group: False)
+    removed = selection.reclaim(root, alive=lambda pid: pid < 0xfff0, busy=lambda group: False)
     assert sorted(removed) == sorted([OURS_DEAD, OURS_DEAD_BUSY])
     for name in removed:
         assert (root / "bus/mdev/devices" / name / "remove").read_text() == "1"

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -115,47 +114,58 @@ def _type_dir(dev: str, t: str) -> str:
     return f"{BUS}/{dev}/mdev_supported_types/wd_dummy-{t}"
 
 
-def _udev_exec_queue(arg: str) -> bool:
-    """Thousands of mdev add/remove events keep udev busy and make each
-    remove ~5x slower; hold udev's event execution while filling a device."""
+MODDIR = os.environ.get("WD_MODULE_DIR", "")
+FEW = 3  # queues per device while the exhaustion test runs
+
+
+@contextlib.contextmanager
+def few_queues_per_device() -> Iterator[None]:
+    """Reload wd_dummy with max_queues=FEW (all types of a device together),
+    so exhausting a device takes a few mdevs, not 4096."""
+    assert MODDIR, "WD_MODULE_DIR is not set"
+    assert subprocess.run(["rmmod", "wd_dummy"]).returncode == 0, "a queue is still open"
     try:
-        return subprocess.run(["udevadm", "control", arg], check=False).returncode == 0
-    except OSError:
-        return False
+        assert subprocess.run(["insmod", f"{MODDIR}/wd_dummy.ko",
+                               f"max_queues={FEW}"]).returncode == 0
+        yield
+    finally:
+        subprocess.run(["rmmod", "wd_dummy"])
+        assert subprocess.run(["insmod", f"{MODDIR}/wd_dummy.ko"]).returncode == 0
 
 
 @pytest.mark.slow
 def test_falls_back_when_the_best_device_is_exhausted() -> None:
-    """Fill wd_dummy.0 up to its last queue with foreign mdevs, then a
-    request must land on wd_dummy.1 although wd_dummy.0 ranks first."""
-    write_prio("wd_dummy.0", 10)
-    write_prio("wd_dummy.1", 20)
-    tdir = _type_dir("wd_dummy.0", "memcpy")
-    with open(f"{tdir}/available_instances") as f:
-        avail = int(f.read())
-    made: list[str] = []
-    t0 = time.monotonic()
-    udev_paused = _udev_exec_queue("--stop-exec-queue")
-    try:
-        for _ in range(avail):
-            name = str(uuid.uuid4())  # not ours: reclaim must leave them alone
-            with open(f"{tdir}/create", "w") as f:
-                f.write(name)
-            made.append(name)
-        with open(f"{_type_dir('wd_dummy.0', 'sha256')}/available_instances") as f:
-            assert int(f.read()) == 0
+    """Fill wd_dummy.0 to its last queue with foreign mdevs (reclaim must
+    leave them alone), then a request lands on wd_dummy.1 although
+    wd_dummy.0 ranks first; when wd_dummy.1 is full too, the error says so."""
+    with few_queues_per_device():
+        write_prio("wd_dummy.0", 10)
+        write_prio("wd_dummy.1", 20)
+        made: list[str] = []
+        try:
+            for _ in range(FEW):
+                name = str(uuid.uuid4())
+                with open(f"{_type_dir('wd_dummy.0', 'memcpy')}/create", "w") as f:
+                    f.write(name)
+                made.append(name)
+            with open(f"{_type_dir('wd_dummy.0', 'sha256')}/available_instances") as f:
+                assert int(f.read()) == 0
+            with wrapdrive.request_queue("sha256") as q:
+                assert q.parent == "wd_dummy.1"
+                assert q.sha256(b"abc").hex().startswith("ba7816bf")
+            for _ in range(FEW):
+                name = str(uuid.uuid4())
+                with open(f"{_type_dir('wd_dummy.1', 'memcpy')}/create", "w") as f:
+                    f.write(name)
+                made.append(name)
+            with pytest.raises(wrapdrive.QueueExhaustedError, match="out of queues"):
+                wrapdrive.request_queue("sha256")
+        finally:
+            for name in made:
+                with open(f"{MDEV_DEVICES}/{name}/remove", "w") as f:
+                    f.write("1")
         with wrapdrive.request_queue("sha256") as q:
-            assert q.parent == "wd_dummy.1"
-            assert q.sha256(b"abc").hex().startswith("ba7816bf")
-    finally:
-        for name in made:
-            with open(f"{MDEV_DEVICES}/{name}/remove", "w") as f:
-                f.write("1")
-        if udev_paused:
-            _udev_exec_queue("--start-exec-queue")
-    print(f"\ncreated and removed {len(made)} mdevs in {time.monotonic() - t0:.1f}s")
-    with wrapdrive.request_queue("sha256") as q:
-        assert q.parent == "wd_dummy.0"
+            assert q.parent == "wd_dummy.0"
 
 
 CHILD = textwrap.dedent("""

@@ -7,6 +7,17 @@
 The seed's C-style calls (wd_request_queue, wd_send, ...) are here too.
 """
 
+from .abi import (
+    WD_CAPA_SHARE_ALL,
+    WD_MAX_LEN,
+    WD_OP_CRC32C,
+    WD_OP_DEFLATE,
+    WD_OP_INFLATE,
+    WD_OP_MEMCPY,
+    WD_OP_NOP,
+    WD_OP_SHA256,
+    WD_WEAK_ORDER,
+)
 from .api import (
     devices,
     request_queue,
@@ -35,20 +46,9 @@ from .errors import (
     WrapDriveError,
 )
 from .memory import Buffer, address_of
-from .queue import Queue
-from .ring import Request
+from .queue import Completion, Queue
+from .request import Request
 from .selection import Capa
-from .uapi import (
-    WD_CAPA_SHARE_ALL,
-    WD_MAX_LEN,
-    WD_OP_CRC32C,
-    WD_OP_DEFLATE,
-    WD_OP_INFLATE,
-    WD_OP_MEMCPY,
-    WD_OP_NOP,
-    WD_OP_SHA256,
-    WD_WEAK_ORDER,
-)
 
 __all__ = [
     "WD_CAPA_SHARE_ALL",
@@ -63,6 +63,7 @@ __all__ = [
     "BadRequestError",
     "Buffer",
     "Capa",
+    "Completion",
     "DevicePermissionError",
     "NoDeviceError",
     "NotSharedError",

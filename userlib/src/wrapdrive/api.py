@@ -19,11 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import sysfs
-from .errors import BadRequestError, QueueEmptyError, QueueFullError, QueueReleasedError
+from .abi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER
+from .errors import QueueEmptyError, QueueFullError
 from .queue import Queue
-from .ring import Request
+from .request import Request
 from .selection import Capa
-from .uapi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER
 
 
 def _capa(capa: Capa | str, flags: int = 0) -> Capa:
@@ -71,18 +71,12 @@ def wd_recv_sync(q: Queue, timeout: float | None = None) -> Request:
 def wd_mem_share(q: Queue, addr: int, size: int, flags: int = 0) -> int:
     """Let the device access [addr, addr+size) (VFIO_IOMMU_MAP_DMA; nothing to
     do on a WD_CAPA_SHARE_ALL queue).  No flags are defined: pass 0."""
-    if q.released:
-        raise QueueReleasedError("queue was released")
-    if flags:
-        raise BadRequestError(f"wd_mem_share: unknown flags {flags:#x}")
-    q.memory.share(addr, size)
+    q.share(addr, size, flags)
     return 0
 
 
 def wd_mem_unshare(q: Queue, addr: int, size: int) -> None:
-    if q.released:
-        raise QueueReleasedError("queue was released")
-    q.memory.unshare(addr, size)
+    q.unshare(addr, size)
 
 
 def request_queue(algo_type: str, flags: int = 0, *, weak_order: bool = False,

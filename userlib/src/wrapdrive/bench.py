@@ -1,25 +1,33 @@
-"""``wrapdrive bench``: a queue against AF_ALG and in-process code, in one run.
+"""``wrapdrive bench``: the public API against AF_ALG and in-process code, in one run.
 
-Every path runs the same work on the same machine in the same process, in
-interleaved rounds, so the ratios printed at the end compare like with like.
-Absolute figures on an emulated (TCG) guest mean little; the ratios are what
-this reports and what the targets are written against.
+Every path runs the same work on the same machine, in interleaved rounds, so
+the ratios printed at the end compare like with like.  Absolute figures on
+an emulated (TCG) guest mean little; the ratios are what this reports and
+what the targets are written against.  Nothing is pinned: engine placement
+is the driver's business, as a hardware engine is simply elsewhere.
 
-Paths (one line each in the table and the plot):
+Paths, the public API first (one line each in the table and the plot):
 
-``queue-poll-bN``
-    a ``PreparedBatch`` of N descriptors (packed once, resubmitted with one
-    copy and one doorbell store), completions taken with ``Ring.recv_raw``
-    and polled in user space; no syscall.  N=1 is a strict round trip
-    (latency); larger N keep two batches in flight (throughput).
-``queue-sync-bN``
-    the seed's sync calls: ``wd_send`` of N requests, then ``wd_recv_sync``
-    for each (spin briefly, then sleep on the eventfd).
+``py-call``
+    the Python call a user makes, one at a time: ``q.crc32c(b)``,
+    ``q.sha256(b)``, ``q.compress(b)`` (zlib cases also ``py-decompress``)
+    on plain bytes: one C call each (stage, submit, spin, reap).
+``py-many-bN``
+    ``q.crc32c_many`` / ``q.sha256_many`` of N chunks: one C call per
+    batch; ops/s counts items.
+``c-sync``
+    the seed's ``wd_send_sync`` + ``wd_recv_sync`` from C, one request at
+    a time (the ``wd_bench`` program, its own process).
+``c-call``
+    libwd's one-shot helpers (``wd_do_crc32c`` ...) from C on unshared
+    memory, one at a time.
+``prepared-bN``
+    the extra column: N requests built once over pre-shared buffers,
+    resubmitted with ``wd_send_many``, two batches in flight (C).
 ``afalg``
     the kernel's AF_ALG socket: one send and one recv per request.
 ``cpu``
-    in-process Python: hashlib, zlib, and the ``crc32c`` package when
-    installed (else the library's table implementation, and the path says so).
+    in-process Python: hashlib, zlib, the ``crc32c`` package when installed.
 ``engine``
     the dummy engine's own rate on kernel buffers, no queue at all (its
     debugfs self-benchmark): the limit the queue path can approach.
@@ -31,6 +39,7 @@ import hashlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import zlib
@@ -39,26 +48,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import uapi
 from .afalg import AfAlgHash, AfAlgUnavailable
 from .crc import crc32c_sw
-from .prepared import PreparedBatch
 from .queue import Queue
-from .ring import Request
 from .selection import Capa
 
 DEBUGFS = Path("/sys/kernel/debug/wrapdrive")
 
-#: (algo_type, size) pairs the issue asks for.
+#: (algo_type, size) pairs the issue's targets are written for.
 DEFAULT_CASES: tuple[tuple[str, int], ...] = (
-    ("crc32c", 64), ("crc32c", 4096), ("crc32c", 65536),
-    ("sha256", 64), ("sha256", 4096), ("sha256", 65536),
-    ("zlib", 65536),
+    ("crc32c", 64), ("crc32c", 4096), ("sha256", 64), ("sha256", 65536), ("zlib", 262144),
 )
-BATCHES = (1, 16, 64)
-POLL_TIMEOUT = 10.0  # seconds without a completion before the poll path gives up
-OPCODE = {"crc32c": uapi.WD_OP_CRC32C, "sha256": uapi.WD_OP_SHA256,
-          "zlib": uapi.WD_OP_DEFLATE}
+BATCH = 64
+ALGOS = ("crc32c", "sha256", "zlib")  # the algorithms a case may name
+#: the C benchmark program (userlib/libwd/wd_bench, `make -C userlib/libwd`).
+C_BENCH_ENV = "WD_C_BENCH"
+C_BENCH_DEFAULT = Path(__file__).resolve().parents[2] / "libwd" / "wd_bench"
 
 
 @dataclass
@@ -101,6 +106,24 @@ def sample_data(size: int) -> bytes:
     return bytes(out[:size])
 
 
+def engine_like_data(size: int) -> bytes:
+    """The engine self-benchmark's kind of input: half random bytes, half a
+    run of one byte.  zlib's speed depends on the data (a run compresses many
+    times faster than text), so the zlib case feeds every path this, to
+    compare with the engine's own rate like with like."""
+    import random
+
+    half = size // 2
+    return random.Random(42).randbytes(half) + b"w" * (size - half)
+
+
+def case_data(algo: str, size: int) -> tuple[bytes, str]:
+    """The input of a case and the C benchmark's name for its kind."""
+    if algo == "zlib":
+        return engine_like_data(size), "selfbench"
+    return sample_data(size), "text"
+
+
 def ops_per_second(step: Callable[[], int], seconds: float) -> float:
     """Run ``step`` (which returns how many operations it did) for about
     ``seconds``; ops/s over the whole time.  The clock is read once per
@@ -123,92 +146,36 @@ def ops_per_second(step: Callable[[], int], seconds: float) -> float:
 
 
 # -- the paths ----------------------------------------------------------------------------
-class QueueBench:
-    """Pre-shared buffers on one queue, and steps that keep them busy."""
+def py_steps(q: Queue, algo: str, data: bytes, batch: int) -> dict[str, Callable[[], int]]:
+    """The Python calls users make, on plain bytes."""
+    chunks = [data] * batch
+    if algo == "crc32c":
+        return {"py-call": lambda: (q.crc32c(data), 1)[1],
+                f"py-many-b{batch}": lambda: len(q.crc32c_many(chunks))}
+    if algo == "sha256":
+        return {"py-call": lambda: (q.sha256(data), 1)[1],
+                f"py-many-b{batch}": lambda: len(q.sha256_many(chunks))}
+    packed = q.compress(data)
+    return {"py-call": lambda: (q.compress(data), 1)[1],
+            "py-decompress": lambda: (q.decompress(packed), 1)[1]}
 
-    def __init__(self, q: Queue, size: int, batch: int) -> None:
-        self.q = q
-        self.size = size
-        self.batch = batch
-        self.opcode = OPCODE[q.algo_type]
-        stride = max(size, 1)
-        self.out_len = {"crc32c": 0, "sha256": uapi.WD_SHA256_DIGEST_LEN,
-                        "zlib": size + size // 8 + 128}[q.algo_type]
-        self.src = q.alloc(stride * batch)
-        data = sample_data(size)
-        for i in range(batch):
-            self.src.write(data, i * stride)
-        srcs = [q.device_address(self.src.addr + i * stride, stride) for i in range(batch)]
-        dsts: list[int] | None = None
-        dst_lens: list[int] | None = None
-        if self.out_len:
-            self.dst = q.alloc(self.out_len * batch)
-            dsts = [q.device_address(self.dst.addr + i * self.out_len, self.out_len)
-                    for i in range(batch)]
-            dst_lens = [self.out_len] * batch
-        self.prepared = PreparedBatch(self.opcode, srcs, [size] * batch, dsts, dst_lens)
-        self._stuck_since = 0.0  # when the poll path last started waiting in vain
-        # The sync path uses process addresses, translated per request as a
-        # user of wd_send would; the Request objects are reused.
-        dst_addr = self.dst.addr if self.out_len else 0
-        self.reqs = [Request(self.opcode, self.src.addr + i * stride, size,
-                             dst_addr + i * self.out_len if self.out_len else 0, self.out_len)
-                     for i in range(batch)]
 
-    def poll_step(self) -> int:
-        """Batch 1 is a strict round trip (latency): submit, poll until it
-        is back.  Larger batches measure throughput as a streaming user
-        gets it: up to two prepared batches in flight, so the engine works
-        on one while Python reaps and refills the other.  No syscall."""
-        ring = self.q.ring
-        pb = self.prepared
-        depth = pb.n if pb.n == 1 else 2 * pb.n
-        while ring.in_flight + pb.n <= depth:
-            pb.submit(ring)
-        recv = ring.recv_raw
-        vals = recv()
-        spins = 0
-        while not vals:
-            spins += 1
-            if not spins & 0xFFFF:  # rarely: a device that stopped must not hang us
-                self._check_progress(spins)
-            vals = recv()
-        statuses = vals[uapi.CQE_STATUS::uapi.CQE_VALUES]
-        if any(statuses):
-            raise RuntimeError(f"device error status {max(statuses)} in benchmark")
-        return len(vals) // uapi.CQE_VALUES
+def c_bench_path() -> Path | None:
+    path = Path(os.environ.get(C_BENCH_ENV, str(C_BENCH_DEFAULT)))
+    return path if path.exists() else None
 
-    def _check_progress(self, spins: int) -> None:
-        if spins == 0x10000:
-            self._stuck_since = time.monotonic()
-        elif time.monotonic() - self._stuck_since > POLL_TIMEOUT:
-            raise TimeoutError(f"{self.q.name}: no completion for {POLL_TIMEOUT:.0f} s "
-                               f"with {self.q.ring.in_flight} requests in flight")
 
-    def drain(self) -> None:
-        """Take back what is still in flight before the buffers go."""
-        ring = self.q.ring
-        deadline = time.monotonic() + POLL_TIMEOUT
-        while ring.in_flight and time.monotonic() < deadline:
-            ring.recv_raw()
+C_MODES = {"c-sync": ("sync", 1), "c-call": ("oneshot", 1), f"prepared-b{BATCH}": ("batch", BATCH)}
 
-    def sync_step(self) -> int:
-        """One batch through the seed's calls: wd_send_sync each request,
-        then wd_recv_sync each completion (spin, then sleep)."""
-        q = self.q
-        for r in self.reqs:
-            q.send_sync(r)
-        for _ in self.reqs:
-            r = q.recv_sync(timeout=5.0)
-            if r.status:
-                raise RuntimeError(f"device error status {r.status} in benchmark")
-        return self.batch
 
-    def close(self) -> None:
-        self.drain()
-        self.q.free(self.src)
-        if self.out_len:
-            self.q.free(self.dst)
+def c_step(prog: Path, algo: str, size: int, mode: str, batch: int, seconds: float,
+           data: str = "text") -> float:
+    """One round of the C program: its own process and queue; ops/s."""
+    out = subprocess.run([str(prog), algo, str(size), mode, str(batch), str(seconds), data],
+                         capture_output=True, text=True, timeout=60 + 10 * seconds)
+    if out.returncode:
+        raise RuntimeError(f"{prog.name} {algo} {size} {mode}: {out.stderr.strip()}")
+    return float(out.stdout.split()[-1])
 
 
 def cpu_step(algo: str, data: bytes) -> tuple[str, Callable[[], int]]:
@@ -245,44 +212,7 @@ class Config:
     cases: tuple[tuple[str, int], ...] = DEFAULT_CASES
     rounds: int = 5
     seconds: float = 0.25
-    batches: tuple[int, ...] = BATCHES
-
-
-ENGINE_COMM_PREFIX = "wd_dummy/"  # the dummy engine threads' names
-
-
-def engine_threads(proc: Path = Path("/proc")) -> list[int]:
-    """PIDs of the dummy engine's kernel threads."""
-    pids = []
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            try:
-                comm = (entry / "comm").read_text()
-            except OSError:
-                continue  # exited meanwhile
-            if comm.startswith(ENGINE_COMM_PREFIX):
-                pids.append(int(entry.name))
-    return pids
-
-
-def give_engine_its_own_cpu() -> str:
-    """Run this process on the first CPU and the engine threads on the last.
-
-    The dummy engine is software standing in for hardware, which computes
-    beside the CPUs, not on them.  Sharing one CPU with a polling caller,
-    the engine only runs when the scheduler preempts the caller, every few
-    milliseconds (measured: b1 round trip 8 ms shared, 0.16 ms apart).
-    AF_ALG and the in-process paths run on the caller's CPU as they would
-    anyway.  Returns a line saying what was done, for the report."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return "engine shares the only CPU with the caller"
-    mine, engine = cpus[0], cpus[-1]
-    os.sched_setaffinity(0, {mine})
-    pids = engine_threads()
-    for pid in pids:
-        os.sched_setaffinity(pid, {engine})
-    return f"caller on CPU {mine}, {len(pids)} engine thread(s) on CPU {engine}"
+    batch: int = BATCH
 
 
 def _progress(msg: str) -> None:
@@ -292,21 +222,18 @@ def _progress(msg: str) -> None:
 def run(cfg: Config) -> list[Result]:
     """Measure every path of every case, rounds interleaved across paths."""
     results: list[Result] = []
-    _progress(give_engine_its_own_cpu())
+    prog = c_bench_path()
+    if prog is None:
+        _progress(f"  C paths skipped: no {C_BENCH_DEFAULT} (make -C userlib/libwd, "
+                  f"or set {C_BENCH_ENV})")
     for algo, size in cfg.cases:
-        data = sample_data(size)
+        data, kind = case_data(algo, size)
         steps: dict[str, Callable[[], int]] = {}
-        drains: dict[str, Callable[[], None]] = {}
         cleanup: list[Callable[[], None]] = []
         q = Queue(Capa(algo))
         cleanup.append(q.close)
         try:
-            for b in cfg.batches:
-                qb = QueueBench(q, size, b)
-                cleanup.insert(0, qb.close)
-                steps[f"queue-poll-b{b}"] = qb.poll_step
-                drains[f"queue-poll-b{b}"] = qb.drain
-                steps[f"queue-sync-b{b}"] = qb.sync_step
+            steps.update(py_steps(q, algo, data, cfg.batch))
             if algo in ("crc32c", "sha256"):
                 try:
                     alg = AfAlgHash(algo)
@@ -316,15 +243,18 @@ def run(cfg: Config) -> list[Result]:
                     _progress(f"  afalg skipped: {exc}")
             name, step = cpu_step(algo, data)
             steps[name] = step
-            case = {p: Result(p, algo, size) for p in steps}
+            paths = list(steps) + (list(C_MODES) if prog else [])
+            case = {p: Result(p, algo, size) for p in paths}
             engine = Result("engine", algo, size)
             count = max(8, int(2e6 // max(size, 64)))
             for r in range(cfg.rounds):
                 _progress(f"{algo} {size} B: round {r + 1}/{cfg.rounds}")
                 for p, st in steps.items():
                     case[p].rounds.append(ops_per_second(st, cfg.seconds))
-                    if p in drains:  # nothing of this path left in flight
-                        drains[p]()
+                if prog is not None:
+                    for p, (mode, batch) in C_MODES.items():
+                        case[p].rounds.append(c_step(prog, algo, size, mode, batch,
+                                                     cfg.seconds, kind))
                 engine.rounds.append(engine_rate(q.parent, algo, size, count))
             results += [*case.values(), engine]
         finally:
@@ -356,35 +286,62 @@ def ratios(results: list[Result]) -> list[Ratio]:
         r = find(results, path, algo, size)
         return r.median if r else 0.0
 
-    af = med("afalg", "crc32c", 64)
-    if af:
-        v = med("queue-poll-b64", "crc32c", 64) / af
-        out.append(Ratio("crc32c 64 B batch 64: queue / AF_ALG ops/s", v, ">= 5", v >= 5))
-        for algo in ("crc32c", "sha256"):
-            afa = med("afalg", algo, 64)
-            b1 = med("queue-poll-b1", algo, 64)
-            if afa and b1:
-                v = afa / b1  # round-trip time ratio = inverse of rate ratio
-                out.append(Ratio(f"{algo} 64 B batch 1 round trip: queue / AF_ALG time",
-                                 v, "<= 0.5", v <= 0.5))
-    eng = med("engine", "sha256", 65536)
-    best = max((med(f"queue-poll-b{b}", "sha256", 65536) for b in BATCHES), default=0.0)
-    if eng:
-        v = best / eng
-        out.append(Ratio("sha256 64 KiB: best queue / engine ops/s", v, ">= 0.95", v >= 0.95))
-    af = med("afalg", "sha256", 65536)
-    if af:
-        v = best / af
-        out.append(Ratio("sha256 64 KiB: best queue / AF_ALG ops/s", v, ">= 1", v >= 1))
+    def add(name: str, num: float, den: float, target: float) -> None:
+        if num and den:
+            v = num / den
+            out.append(Ratio(name, v, f">= {target:g}", v >= target))
+
+    for algo in ("crc32c", "sha256"):
+        af = med("afalg", algo, 64)
+        add(f"{algo} 64 B q.{algo}_many(b{BATCH}) / AF_ALG", med(f"py-many-b{BATCH}", algo, 64),
+            af, 5 if algo == "crc32c" else 1)
+        add(f"{algo} 64 B q.{algo}() one at a time / AF_ALG", med("py-call", algo, 64), af,
+            2 if algo == "crc32c" else 1)
+        add(f"{algo} 64 B C wd_send_sync+wd_recv_sync / AF_ALG", med("c-sync", algo, 64), af, 1)
+        add(f"{algo} 64 B C prepared b{BATCH} / AF_ALG", med(f"prepared-b{BATCH}", algo, 64),
+            af, 10 if algo == "crc32c" else 1)
+    add("sha256 64 KiB q.sha256() / engine", med("py-call", "sha256", 65536),
+        med("engine", "sha256", 65536), 0.95)
+    add("sha256 64 KiB q.sha256() / AF_ALG", med("py-call", "sha256", 65536),
+        med("afalg", "sha256", 65536), 1.2)
+    add("zlib 256 KiB q.compress() / engine", med("py-call", "zlib", 262144),
+        med("engine", "zlib", 262144), 0.9)
+    add("zlib 256 KiB C wd_do_xfer deflate / engine", med("c-call", "zlib", 262144),
+        med("engine", "zlib", 262144), 0.9)
     return out
 
 
+#: column order of the table: the public API first, prepared batches last.
+COLUMNS = ("py-call", f"py-many-b{BATCH}", "py-decompress", "c-sync", "c-call", "afalg", "cpu",
+           "cpu-pure-python", "engine", f"prepared-b{BATCH}")
+
+
 def table(results: list[Result]) -> str:
-    lines = [f"{'algo':7} {'size':>6} {'path':16} {'ops/s':>11} {'MB/s':>9} {'spread':>7}"]
-    for r in results:
-        lines.append(f"{r.algo:7} {r.size:6d} {r.path:16} {r.median:11.0f} "
-                     f"{r.median * r.size / 1e6:9.2f} {r.spread * 100:6.1f}%")
+    """Medians in ops/s, one row per case, the public API's columns first."""
+    cases = list(dict.fromkeys((r.algo, r.size) for r in results))
+    present = {r.path for r in results}
+    cols = [c for c in COLUMNS if c in present] + sorted(present - set(COLUMNS))
+    head = f"| {'case':15} | " + " | ".join(f"{c:>13}" for c in cols) + " |"
+    lines = [head, "|" + "-" * 17 + "|" + "|".join("-" * 14 + ":" for _ in cols) + "|"]
+    for algo, size in cases:
+        cells = []
+        for c in cols:
+            r = find(results, c, algo, size)
+            cells.append(f"{r.median:>13,.0f}" if r and r.rounds else f"{'':>13}")
+        lines.append(f"| {algo + ' ' + _size(size):15} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def spreads(results: list[Result]) -> str:
+    """The spread of every figure, for judging the noise."""
+    return "\n".join(f"{r.algo:7} {r.size:8d} {r.path:16} spread {r.spread * 100:5.1f}% "
+                     f"({len(r.rounds)} rounds)" for r in results)
+
+
+def _size(n: int) -> str:
+    if n % 1024 == 0 and n >= 1024:
+        return f"{n // 1024} KiB"
+    return f"{n} B"
 
 
 def ratio_table(rs: list[Ratio]) -> str:
@@ -394,8 +351,7 @@ def ratio_table(rs: list[Ratio]) -> str:
 
 def write_json(path: Path, results: list[Result], rs: list[Ratio], cfg: Config) -> None:
     path.write_text(json.dumps({
-        "config": {"rounds": cfg.rounds, "seconds": cfg.seconds,
-                   "batches": list(cfg.batches)},
+        "config": {"rounds": cfg.rounds, "seconds": cfg.seconds, "batch": cfg.batch},
         "results": [r.as_dict() for r in results],
         "ratios": [asdict(r) for r in rs],
     }, indent=2) + "\n")

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from . import bench, sysfs
+from .abi import WD_MAX_LEN
 from .api import request_queue
 from .crc import crc32c_combine
 from .errors import WrapDriveError
 from .queue import Queue
 from .selection import flag_names
-from .uapi import WD_MAX_LEN
 
 ALGOS = ("sha256", "crc32c", "zlib")
 
@@ -172,9 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _parse_case(text: str) -> tuple[str, int]:
     algo, _, size = text.partition(":")
-    if algo not in bench.OPCODE or not size.isdigit():
+    if algo not in bench.ALGOS or not size.isdigit():
         raise argparse.ArgumentTypeError(
-            f"bad case {text!r}: want ALGO:SIZE with ALGO one of {', '.join(bench.OPCODE)}")
+            f"bad case {text!r}: want ALGO:SIZE with ALGO one of {', '.join(bench.ALGOS)}")
     return algo, int(size)
 
 
@@ -189,6 +189,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(bench.table(results))
     print()
     print(bench.ratio_table(rs))
+    print()
+    print(bench.spreads(results))
     if args.json:
         bench.write_json(args.json, results, rs, cfg)
         print(f"wrote {args.json}", file=sys.stderr)

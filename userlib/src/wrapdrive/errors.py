@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-from .uapi import STATUS_NAMES
+from .abi import STATUS_NAMES
 
 
 class WrapDriveError(Exception):

@@ -1,18 +1,13 @@
 """Choosing the mdev type a queue is created from, and reclaiming leftovers.
 
-Ranking (the seed's rules, then ours):
-  1. the type's algo_type equals the request's;
-  2. the type's flags cover the requested flags; a WD_WEAK_ORDER type is
-     only taken when the request allows weak order (a strongly ordered type
-     always satisfies a request that allows weak order);
-  3. the device's priority is in 1..100 (others are never chosen), smaller
-     first;
-  4. smaller NUMA distance from the calling CPU's node to the device's
-     numa_zone first;
-  5. more free instances first;
-  6. the type whose flags differ least from the request's (so a request
-     allowing weak order gets the weakly ordered type, one that does not
-     ask for WD_CAPA_SHARE_ALL gets the plain type), then names.
+The rules are libwd's (userlib/libwd/src/select.c, one implementation for C
+and Python): a type whose algo_type matches and whose flags cover the
+request (WD_WEAK_ORDER only when allowed), on a device of priority 1..100;
+smaller priority first, then NUMA distance from the calling CPU, then more
+free instances, then fewer differing flag bits, then names.  Creation falls
+back to the next candidate when one is out of queues, and first removes the
+queues of dead processes (UUIDs 57447276-...-<creator pid>) whose VFIO
+group nobody holds.  This module calls it and words the errors.
 """
 
 from __future__ import annotations
@@ -22,14 +17,15 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import sysfs
+from .abi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER, ffi, lib
 from .errors import NoDeviceError, QueueExhaustedError, os_error
-from .sysfs import Device, MdevType
-from .uapi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER
+from .sysfs import Device
 
-#: distance used when the tables say nothing about a pair of nodes.
-UNKNOWN_DISTANCE = 255
+#: candidates wd_sel_rank may return at most.
+MAX_CANDIDATES = 256
 
 
 @dataclass(frozen=True)
@@ -42,43 +38,27 @@ class Capa:
 
 @dataclass(frozen=True)
 class Candidate:
-    device: Device
-    mtype: MdevType
+    """A matching mdev type on a device, as libwd ranked it."""
+
+    parent: str
+    mdev_type: str
+    type_path: Path
+    algo_type: str
+    flags: int
+    available_instances: int
+    numa_zone: int | None
+    priority: int
     distance: int
 
-
-
-def flags_match(type_flags: int, wanted: int) -> bool:
-    required = wanted & ~WD_WEAK_ORDER
-    if type_flags & required != required:
-        return False
-    return not (type_flags & WD_WEAK_ORDER and not wanted & WD_WEAK_ORDER)
-
-
-def distance(distances: dict[int, list[int]], node: int | None, zone: int | None) -> int:
-    if node is None or zone is None or zone < 0:
-        return 0 if node is None else UNKNOWN_DISTANCE
-    row = distances.get(node)
-    if row is None or zone >= len(row):
-        return 10 if zone == node else UNKNOWN_DISTANCE
-    return row[zone]
-
-
-def rank(devices: Iterable[Device], capa: Capa, node: int | None,
-         distances: dict[int, list[int]]) -> list[Candidate]:
-    """Matching types, best first; unselectable devices are left out."""
-    out: list[Candidate] = []
-    for dev in devices:
-        if not dev.selectable:
-            continue
-        for t in dev.types:
-            if t.algo_type == capa.algo_type and flags_match(t.flags, capa.flags):
-                out.append(Candidate(dev, t, distance(distances, node, dev.numa_zone)))
-    out.sort(key=lambda c: (c.device.priority or 0, c.distance,
-                            -c.mtype.available_instances,
-                            bin(c.mtype.flags ^ capa.flags).count("1"),
-                            c.device.name, c.mtype.name))
-    return out
+    @staticmethod
+    def from_c(c: Any) -> Candidate:
+        return Candidate(parent=ffi.string(c.parent).decode(),
+                         mdev_type=ffi.string(c.mdev_type).decode(),
+                         type_path=Path(ffi.string(c.type_path).decode()),
+                         algo_type=ffi.string(c.alg).decode(), flags=int(c.flags),
+                         available_instances=int(c.available),
+                         numa_zone=None if c.numa_zone < 0 else int(c.numa_zone),
+                         priority=int(c.priority), distance=int(c.distance))
 
 
 def describe(devices: Iterable[Device]) -> str:
@@ -109,24 +89,105 @@ def no_device_error(devices: list[Device], capa: Capa) -> NoDeviceError:
         f"{flag_names(capa.flags)}; devices found:\n{describe(devices)}")
 
 
+def _root(root: Path) -> bytes:
+    return os.fsencode(str(root))
+
+
 def calling_node(root: Path = sysfs.SYSFS) -> int | None:
-    try:
-        cpus = os.sched_getaffinity(0)
-    except OSError:
-        cpus = set()
-    return sysfs.cpu_node(set(cpus), _current_cpu(), root)
+    """The calling thread's NUMA node (None without NUMA information)."""
+    node = int(lib.wd_sel_node(_root(root)))
+    return None if node < 0 else node
 
 
-def _current_cpu() -> int | None:
-    try:
-        import ctypes
-        cpu = int(ctypes.CDLL(None).sched_getcpu())
-        return cpu if cpu >= 0 else None
-    except (OSError, AttributeError):
-        return None
+def rank(capa: Capa, node: int | None, root: Path = sysfs.SYSFS) -> list[Candidate]:
+    """Matching types, best first; unselectable devices are left out."""
+    out = ffi.new("struct wd_sel_cand[]", MAX_CANDIDATES)
+    alg = ffi.new("char[]", capa.algo_type.encode())
+    c_capa = ffi.new("struct wd_capa *", {"alg": alg, "flags": capa.flags})
+    n = lib.wd_sel_rank(_root(root), c_capa, -1 if node is None else node, out,
+                        MAX_CANDIDATES)
+    if n < 0:
+        raise OSError(-n, ffi.string(lib.wd_errmsg()).decode())
+    return [Candidate.from_c(out[i]) for i in range(n)]
 
 
-# -- leftovers of dead processes ---------------------------------------------------
+CreateHook = Callable[[Path, str], None]  # (create file, uuid); raises OSError
+
+
+class _Hooks:
+    """struct wd_sel_hooks from Python callables (tests replace the real ones)."""
+
+    def __init__(self, create: CreateHook | None = None,
+                 alive: Callable[[int], bool] | None = None,
+                 busy: Callable[[int], bool] | None = None) -> None:
+        self.c = ffi.new("struct wd_sel_hooks *")
+        self._keep: list[Any] = []
+        if create is not None:
+            def c_create(path: Any, uuid: Any, arg: Any) -> int:
+                try:
+                    create(Path(ffi.string(path).decode()), ffi.string(uuid).decode())
+                except OSError as exc:
+                    return -(exc.errno or errno.EIO)
+                return 0
+            self._set("create", "int(*)(const char *, const char *, void *)", c_create)
+        if alive is not None:
+            self._set("alive", "int(*)(int, void *)", lambda pid, arg: int(alive(pid)))
+        if busy is not None:
+            self._set("busy", "int(*)(int, void *)", lambda group, arg: int(busy(group)))
+
+    def _set(self, name: str, ctype: str, fn: Callable[..., int]) -> None:
+        cb = ffi.callback(ctype, fn)
+        self._keep.append(cb)
+        setattr(self.c, name, cb)
+
+    @property
+    def ptr(self) -> Any:
+        return self.c if self._keep else ffi.NULL
+
+
+def create_queue_mdev(capa: Capa, root: Path = sysfs.SYSFS, node: int | None = None,
+                      create: CreateHook | None = None) -> tuple[Candidate, str]:
+    """Create an mdev for ``capa`` on the best device that has room (libwd's
+    wd_sel_create); returns the candidate used and the new mdev's name."""
+    if node is None:
+        node = calling_node(root)
+    cand = ffi.new("struct wd_sel_cand *")
+    uuid = ffi.new("char[40]")
+    alg = ffi.new("char[]", capa.algo_type.encode())
+    c_capa = ffi.new("struct wd_capa *", {"alg": alg, "flags": capa.flags})
+    hooks = _Hooks(create=create)
+    ret = lib.wd_sel_create(_root(root), c_capa, -1 if node is None else node, hooks.ptr,
+                            cand, uuid)
+    if ret:
+        raise selection_error(-ret, capa, root)
+    return Candidate.from_c(cand), ffi.string(uuid).decode()
+
+
+def selection_error(err: int, capa: Capa, root: Path) -> Exception:
+    """The exception for wd_request_queue's / wd_sel_create's -errno."""
+    msg = ffi.string(lib.wd_errmsg()).decode()
+    if err == errno.ENODEV and "no device offers" in msg:
+        return no_device_error(sysfs.scan(root), capa)
+    if err == errno.ENOSPC and "out of queues" in msg:
+        return QueueExhaustedError(msg)
+    return os_error(OSError(err, os.strerror(err)), msg.split(": " + os.strerror(err))[0])
+
+
+def reclaim(root: Path = sysfs.SYSFS, alive: Callable[[int], bool] | None = None,
+            busy: Callable[[int], bool] | None = None) -> list[str]:
+    """Remove the queues dead processes left behind; returns their names."""
+    hooks = _Hooks(alive=alive, busy=busy)
+    buf = ffi.new("char[]", 64 * 1024)
+    lib.wd_sel_reclaim(_root(root), hooks.ptr, buf, len(buf))
+    return [str(name) for name in ffi.string(buf).decode().split()]
+
+
+def new_uuid(pid: int | None = None) -> str:
+    """A fresh UUID in this library's namespace, recording the creator pid."""
+    buf = ffi.new("char[40]")
+    lib.wd_sel_new_uuid(os.getpid() if pid is None else pid, buf)
+    return str(ffi.string(buf).decode())
+
 
 def pid_alive(pid: int) -> bool:
     try:
@@ -136,80 +197,3 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def stale_mdevs(devices: Iterable[Device], root: Path,
-                alive: Callable[[int], bool],
-                busy: Callable[[int], bool]) -> list[str]:
-    """Our mdevs whose creator is dead and whose VFIO group nobody holds."""
-    stale = []
-    for dev in devices:
-        for t in dev.types:
-            for name in t.devices:
-                if not sysfs.is_ours(name) or alive(sysfs.creator_pid(name)):
-                    continue
-                try:
-                    group = sysfs.mdev_iommu_group(name, root)
-                except OSError:
-                    continue
-                if not busy(group):
-                    stale.append(name)
-    return stale
-
-
-def reclaim(devices: Iterable[Device], root: Path = sysfs.SYSFS,
-            alive: Callable[[int], bool] = pid_alive,
-            busy: Callable[[int], bool] | None = None) -> list[str]:
-    """Remove the queues dead processes left behind; returns their names."""
-    if busy is None:
-        from .vfio import group_busy
-        busy = group_busy
-    removed = []
-    for name in stale_mdevs(devices, root, alive, busy):
-        try:
-            sysfs.remove_mdev(name, root)
-        except OSError:
-            continue
-        removed.append(name)
-    return removed
-
-
-#: create fails with these when a device is out of queues (the mdev core of
-#: Linux 6.1 and 6.12 reports EUSERS; drivers may use ENOSPC or EDQUOT).
-EXHAUSTED = (errno.ENOSPC, errno.EDQUOT, errno.EUSERS)
-
-
-def create_queue_mdev(capa: Capa, root: Path = sysfs.SYSFS,
-                      node: int | None = None,
-                      devices: list[Device] | None = None,
-                      do_reclaim: bool = True) -> tuple[Candidate, str]:
-    """Create an mdev for ``capa`` on the best device that has room.
-
-    Returns the candidate used and the new mdev's name.  Falls back to the
-    next candidate when one is exhausted (available_instances 0, or create
-    fails with ENOSPC/EDQUOT)."""
-    if devices is None:
-        devices = sysfs.scan(root)
-    if do_reclaim and reclaim(devices, root):
-        devices = sysfs.scan(root)
-    if node is None:
-        node = calling_node(root)
-    ranked = rank(devices, capa, node, sysfs.node_distances(root))
-    if not ranked:
-        raise no_device_error(devices, capa)
-    tried = []
-    for cand in ranked:
-        tried.append(f"{cand.device.name}/{cand.mtype.name}")
-        if cand.mtype.available_instances <= 0:
-            continue
-        name = sysfs.new_uuid()
-        try:
-            sysfs.create_mdev(cand.mtype, name)
-        except OSError as exc:
-            if exc.errno in EXHAUSTED:
-                continue
-            raise os_error(exc, f"create mdev on {cand.mtype.path}") from exc
-        return cand, name
-    raise QueueExhaustedError(
-        f"every device offering {capa.algo_type!r} is out of queues "
-        f"(tried {', '.join(tried)})")

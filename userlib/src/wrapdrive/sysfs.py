@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,26 +178,12 @@ def cpu_node(cpus: set[int], current_cpu: int | None, root: Path = SYSFS) -> int
 
 # -- mdev create / remove ---------------------------------------------------------
 
-def new_uuid(pid: int | None = None) -> str:
-    """A fresh UUID in this library's namespace, recording the creator pid."""
-    rnd = uuid.uuid4().hex
-    p = os.getpid() if pid is None else pid
-    return f"{UUID_PREFIX}-{rnd[8:12]}-4{rnd[13:16]}-8{rnd[17:20]}-{p & 0xFFFFFFFFFFFF:012x}"
-
-
 def is_ours(name: str) -> bool:
     return name.lower().startswith(UUID_PREFIX + "-") and len(name) == 36
 
 
 def creator_pid(name: str) -> int:
     return int(name[24:], 16)
-
-
-def create_mdev(mtype: MdevType, name: str) -> None:
-    """Write ``name`` to the type's ``create``; OSError (ENOSPC, EDQUOT, ...)
-    propagates unchanged so the caller can fall back to another device."""
-    with open(mtype.path / "create", "w") as f:
-        f.write(name)
 
 
 def remove_mdev(name: str, root: Path = SYSFS) -> None:

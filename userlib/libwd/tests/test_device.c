@@ -1,0 +1,337 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * libwd against the real modules (run inside a guest with wrapdrive.ko and
+ * wd_dummy.ko loaded, as root): every seed call, bad input, the sleeping
+ * path's CPU use, and threads sharing one queue.  Prints
+ * "N checks, M failed" and a few measured figures.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "wd.h"
+
+static int failures, checks;
+
+#define CHECK(cond) do { \
+	checks++; \
+	if (!(cond)) { \
+		failures++; \
+		fprintf(stderr, "%s:%d: %s: CHECK(%s) failed (%s)\n", __FILE__, __LINE__, \
+			__func__, #cond, wd_errmsg()); \
+	} \
+} while (0)
+
+#define BIG	(16U << 20)
+
+static __u32 crc32c_sw(__u32 crc, const void *buf, size_t len)
+{
+	const unsigned char *p = buf;
+	int k;
+
+	crc = ~crc;
+	while (len--) {
+		crc ^= *p++;
+		for (k = 0; k < 8; k++)
+			crc = (crc >> 1) ^ (0x82f63b78U & (0U - (crc & 1)));
+	}
+	return ~crc;
+}
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double cpu_now(void)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_THREAD, &ru);
+	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
+	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
+}
+
+static void *page_alloc(size_t n)
+{
+	void *p = aligned_alloc(4096, (n + 4095) & ~(size_t)4095);
+
+	if (!p)
+		abort();
+	memset(p, 0, n);
+	return p;
+}
+
+static void test_request_and_bad_capabilities(void)
+{
+	struct wd_queue q = { 0 };
+	struct wd_capa capa = { .alg = "no-such-algorithm" };
+
+	CHECK(wd_request_queue(&q, &capa) == -ENODEV);
+	CHECK(strstr(wd_errmsg(), "no-such-algorithm") != NULL);
+	CHECK(wd_request_queue(&q, NULL) == -EINVAL);
+	capa.alg = "zlib";
+	capa.flags = WD_CAPA_SHARE_ALL;	/* no SVA zlib type */
+	CHECK(wd_request_queue(&q, &capa) == -ENODEV);
+	capa.alg = "crc32c";
+	capa.flags = 0;
+	CHECK(wd_request_queue(&q, &capa) == 0);
+	CHECK(!strncmp(q.name, "57447276-", 9));
+	CHECK(q.entries >= 2 && !(q.entries & (q.entries - 1)));
+	CHECK(!strcmp(q.alg, "crc32c"));
+	CHECK(wd_request_queue(&q, &capa) == -EBUSY);	/* already open */
+	wd_release_queue(&q);
+	wd_release_queue(&q);
+	CHECK(q.priv == NULL);
+}
+
+static void test_seed_calls(void)
+{
+	struct wd_queue q = { 0 };
+	struct wd_capa capa = { .alg = "crc32c" };
+	char *buf = page_alloc(8192);
+	struct wd_req r = { .opcode = WD_OP_CRC32C }, r2, *got = NULL;
+
+	CHECK(wd_request_queue(&q, &capa) == 0);
+	CHECK(wd_recv(&q, (void **)&got) == -EAGAIN);
+	/* memory */
+	CHECK(wd_mem_share(&q, buf, 8192, 1) == -EINVAL);
+	CHECK(wd_mem_share(&q, NULL, 8192, 0) == -EINVAL);
+	CHECK(wd_mem_share(&q, buf, 8192, 0) == 0);
+	CHECK(wd_mem_share(&q, buf + 4096, 100, 0) == -EEXIST);	/* overlaps */
+	CHECK(wd_mem_share(&q, buf, 8192, 0) == 0);		/* same range: counted */
+	CHECK(wd_is_shared(&q, buf + 10, 100));
+	memcpy(buf, "123456789", 9);
+	r.src = buf;
+	r.src_len = 9;
+	/* wd_send + wd_recv_sync */
+	CHECK(wd_send(&q, &r) == 0);
+	CHECK(wd_send(&q, &r) == -EINVAL);	/* already in flight */
+	CHECK(wd_recv_sync(&q, (void **)&got) == 0);
+	CHECK(got == &r && r.status == WD_STS_OK && r.result == 0xe3069283);
+	/* seed chaining: crc("1234") then "56789" */
+	r.src_len = 4;
+	CHECK(wd_send_sync(&q, &r) == 0);
+	CHECK(wd_recv_sync(&q, (void **)&got) == 0 && got == &r);
+	r2 = (struct wd_req){ .opcode = WD_OP_CRC32C, .src = buf + 4, .src_len = 5,
+			      .seed = r.result };
+	CHECK(wd_send_sync(&q, &r2) == 0);
+	/* wd_recv polls */
+	{
+		double deadline = now() + 10;
+		int ret;
+
+		while ((ret = wd_recv(&q, (void **)&got)) == -EAGAIN && now() < deadline)
+			;
+		CHECK(ret == 0 && got == &r2 && r2.result == 0xe3069283);
+	}
+	/* bad input answered before the ring */
+	r2.src_len = WD_MAX_LEN + 1;
+	CHECK(wd_send(&q, &r2) == -E2BIG);
+	r2.src = buf + 16384;	/* not shared */
+	r2.src_len = 64;
+	CHECK(wd_send(&q, &r2) == -EFAULT);
+	CHECK(wd_send(&q, NULL) == -EINVAL);
+	CHECK(wd_recv(&q, NULL) == -EINVAL);
+	/* a bad opcode is the device's to answer: a status, the queue goes on */
+	r2 = (struct wd_req){ .opcode = WD_OP_SHA256, .src = buf, .src_len = 9 };
+	CHECK(wd_send(&q, &r2) == 0);
+	CHECK(wd_recv_sync(&q, (void **)&got) == 0 && got == &r2);
+	CHECK(r2.status == WD_STS_BAD_OPCODE);
+	CHECK(r2.out_len == 0 && r2.result == 0);
+	/* unshare: counted, then gone */
+	wd_mem_unshare(&q, buf, 8192);
+	CHECK(wd_is_shared(&q, buf, 8192));
+	wd_mem_unshare(&q, buf, 8192);
+	CHECK(!wd_is_shared(&q, buf, 8192));
+	CHECK(wd_mem_unshare_checked(&q, buf, 8192) == -ENOENT);
+	r.src_len = 9;
+	CHECK(wd_send(&q, &r) == -EFAULT);
+	/* one-shot helpers on unshared memory: staged */
+	{
+		__u32 crc = 0;
+
+		CHECK(wd_do_crc32c(&q, "123456789", 9, 0, &crc, NULL) == 0 && crc == 0xe3069283);
+	}
+	wd_release_queue(&q);
+	CHECK(wd_send(&q, &r) == -EINVAL);	/* released */
+	free(buf);
+}
+
+/*
+ * A full ring answers -EBUSY at once; the sync forms sleep instead of
+ * spinning.  The ring is filled with one slow request (16 MiB sha256) and
+ * NOPs behind it: a strictly ordered queue completes nothing before the
+ * slow one, and closing the queue waits for no more than a round of NOPs.
+ */
+static void test_full_ring_and_sleeping(void)
+{
+	struct wd_queue q = { 0 };
+	struct wd_capa capa = { .alg = "sha256" };
+	char *src = page_alloc(BIG), *dst = page_alloc(4096);
+	struct wd_req *reqs, extra, *got;
+	double t0, c0, wall, cpu;
+	__u32 i, n;
+
+	CHECK(wd_request_queue(&q, &capa) == 0);
+	n = q.entries;
+	reqs = calloc(n, sizeof(*reqs));
+	CHECK(wd_mem_share(&q, src, BIG, 0) == 0);
+	CHECK(wd_mem_share(&q, dst, 4096, 0) == 0);
+	for (i = 0; i < n; i++) {
+		if (i == 0)
+			reqs[i] = (struct wd_req){ .opcode = WD_OP_SHA256, .src = src,
+						   .src_len = BIG, .dst = dst, .dst_len = 32 };
+		else
+			reqs[i] = (struct wd_req){ .opcode = WD_OP_NOP };
+		CHECK(wd_send(&q, &reqs[i]) == 0);
+	}
+	extra = (struct wd_req){ .opcode = WD_OP_NOP };
+	t0 = now();
+	CHECK(wd_send(&q, &extra) == -EBUSY);
+	CHECK(now() - t0 < 0.05);
+	CHECK(wd_recv(&q, (void **)&got) == -EAGAIN);	/* the slow one is not done */
+	/* wd_send_sync on the full ring: sleeps until the first completion */
+	t0 = now();
+	c0 = cpu_now();
+	CHECK(wd_send_sync_timeout(&q, &extra, 120000) == 0);
+	wall = now() - t0;
+	cpu = cpu_now() - c0;
+	printf("wd_send_sync on a full ring: %.1f ms CPU over %.2f s\n", cpu * 1e3, wall);
+	CHECK(reqs[0].state == 3);	/* room came from a completion, not yet received */
+	CHECK(wall > 0.05 && cpu < 0.2 * wall + 0.02);
+	for (i = 0; i <= n; i++) {
+		CHECK(wd_recv_sync_timeout(&q, (void **)&got, 60000) == 0);
+		if (i < n)
+			CHECK(got == &reqs[i] && got->status == WD_STS_OK);	/* strict order */
+		else
+			CHECK(got == &extra);
+	}
+	wd_release_queue(&q);
+
+	/* wd_recv_sync for 4 slow requests on a fresh queue: mostly asleep */
+	memset(&q, 0, sizeof(q));
+	CHECK(wd_request_queue(&q, &capa) == 0);
+	CHECK(wd_mem_share(&q, src, BIG, 0) == 0);
+	CHECK(wd_mem_share(&q, dst, 4096, 0) == 0);
+	for (i = 0; i < 4; i++) {
+		reqs[i] = (struct wd_req){ .opcode = WD_OP_SHA256, .src = src, .src_len = BIG,
+					   .dst = dst + 32 * i, .dst_len = 32 };
+		CHECK(wd_send(&q, &reqs[i]) == 0);
+	}
+	t0 = now();
+	c0 = cpu_now();
+	for (i = 0; i < 4; i++) {
+		CHECK(wd_recv_sync(&q, (void **)&got) == 0);
+		CHECK(got == &reqs[i] && got->status == WD_STS_OK);	/* strictly ordered */
+	}
+	wall = now() - t0;
+	cpu = cpu_now() - c0;
+	printf("sleeping: 4 x 16 MiB sha256 in wd_recv_sync: %.1f ms CPU over %.2f s (%.2f%%)\n",
+	       cpu * 1e3, wall, 100 * cpu / wall);
+	CHECK(wall > 0.3);
+	CHECK(cpu < 0.05 * wall);
+	/* idle: blocked with nothing in flight */
+	t0 = now();
+	c0 = cpu_now();
+	CHECK(wd_recv_sync_timeout(&q, (void **)&got, 1000) == -ETIMEDOUT);
+	wall = now() - t0;
+	cpu = cpu_now() - c0;
+	printf("idle wd_recv_sync: %.2f ms CPU over %.2f s (%.2f%%)\n", cpu * 1e3, wall,
+	       100 * cpu / wall);
+	CHECK(wall >= 0.99 && cpu < 0.05 * wall);
+	wd_release_queue(&q);
+	free(reqs);
+	free(src);
+	free(dst);
+}
+
+#define THREADS		4
+#define PER_THREAD	400
+
+struct worker {
+	struct wd_queue *q;
+	int id, bad;
+};
+
+static void *runner(void *arg)
+{
+	struct worker *w = arg;
+	unsigned char data[300];
+	int i;
+
+	for (i = 0; i < PER_THREAD; i++) {
+		size_t len = 1 + (size_t)((i * 7 + w->id) % 300);
+		__u32 crc = 0;
+
+		memset(data, w->id * 13 + i, sizeof(data));
+		if (wd_do_crc32c(w->q, data, len, 0, &crc, NULL) || crc != crc32c_sw(0, data, len))
+			w->bad++;
+	}
+	return NULL;
+}
+
+static void *seed_user(void *arg)
+{
+	struct worker *w = arg;
+	char *buf = page_alloc(4096);
+	int i;
+
+	memset(buf, 0x5a, 4096);
+	if (wd_mem_share(w->q, buf, 4096, 0)) {
+		w->bad++;
+		return NULL;
+	}
+	for (i = 0; i < PER_THREAD; i++) {
+		struct wd_req r = { .opcode = WD_OP_CRC32C, .src = buf, .src_len = 1 + i }, *got;
+
+		if (wd_send_sync(w->q, &r) || wd_recv_sync(w->q, (void **)&got) || got != &r ||
+		    r.result != crc32c_sw(0, buf, 1 + (size_t)i))
+			w->bad++;
+	}
+	wd_mem_unshare(w->q, buf, 4096);
+	free(buf);
+	return NULL;
+}
+
+static void test_threads(void)
+{
+	struct wd_queue q = { 0 };
+	struct wd_capa capa = { .alg = "crc32c" };
+	struct worker w[THREADS + 1];
+	pthread_t t[THREADS + 1];
+	int i, bad = 0;
+
+	CHECK(wd_request_queue(&q, &capa) == 0);
+	for (i = 0; i <= THREADS; i++) {
+		w[i] = (struct worker){ .q = &q, .id = i };
+		pthread_create(&t[i], NULL, i < THREADS ? runner : seed_user, &w[i]);
+	}
+	for (i = 0; i <= THREADS; i++) {
+		pthread_join(t[i], NULL);
+		bad += w[i].bad;
+	}
+	CHECK(bad == 0);
+	CHECK(wd_in_flight(&q) == 0);
+	wd_release_queue(&q);
+}
+
+int main(void)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	test_request_and_bad_capabilities();
+	test_seed_calls();
+	test_full_ring_and_sleeping();
+	test_threads();
+	printf("%d checks, %d failed\n", checks, failures);
+	return failures ? 1 : 0;
+}
