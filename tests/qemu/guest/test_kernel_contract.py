@@ -19,6 +19,10 @@ import kernel_vfio as kv  # noqa: E402
 import wd_child  # noqa: E402
 import wd_measure  # noqa: E402
 
+# These start processes, unbind devices and move up to WD_MAX_LEN per request: under
+# TCG on a loaded 2-core host one test can take minutes (the harness's default is 60 s).
+pytestmark = pytest.mark.slow(300)
+
 MiB = 1 << 20
 libc = ctypes.CDLL(None, use_errno=True)
 

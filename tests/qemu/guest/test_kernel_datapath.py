@@ -19,6 +19,10 @@ import wd_child  # noqa: E402
 import wd_measure  # noqa: E402
 import wd_modules  # noqa: E402
 
+# These start processes, unbind devices and move up to WD_MAX_LEN per request: under
+# TCG on a loaded 2-core host one test can take minutes (the harness's default is 60 s).
+pytestmark = pytest.mark.slow(300)
+
 STRESS_SECONDS = float(os.environ.get("WD_STRESS_SECONDS", "20"))
 MiB = 1 << 20
 

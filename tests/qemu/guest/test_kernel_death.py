@@ -10,9 +10,15 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(__file__))
 import kernel_vfio as kv  # noqa: E402
 import wd_modules  # noqa: E402
+
+# These start processes, unbind devices and move up to WD_MAX_LEN per request: under
+# TCG on a loaded 2-core host one test can take minutes (the harness's default is 60 s).
+pytestmark = pytest.mark.slow(300)
 
 DRIVER = "/sys/bus/platform/drivers/wd_dummy"
 DEAD_AND_MAPPED = 42

@@ -17,6 +17,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import kernel_vfio as kv  # noqa: E402
 
+# These start processes, unbind devices and move up to WD_MAX_LEN per request: under
+# TCG on a loaded 2-core host one test can take minutes (the harness's default is 60 s).
+pytestmark = pytest.mark.slow(300)
+
 DEV = "wd_dummy.0"
 MODDIR = os.environ.get("WD_MODULE_DIR", "")
 PROMPT = 10.0  # seconds: "promptly", on a loaded TCG guest

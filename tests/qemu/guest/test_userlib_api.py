@@ -88,6 +88,27 @@ def test_seed_calls_crc32c_round_trip() -> None:
     wrapdrive.wd_release_queue(q)  # twice is harmless
 
 
+def test_a_request_the_caller_dropped_comes_back_whole() -> None:
+    """libwd holds a struct wd_req the Request owns: the queue keeps every request it
+    was given alive until a receive hands it back (a dropped one used to come back as a
+    garbage handle, and its C memory was freed while the ring still pointed at it)."""
+    import gc
+
+    with wrapdrive.request_queue("crc32c") as q:
+        mm, addr = shared_mmap(q, 4096)
+        mm[:9] = b"123456789"
+        n = 32
+        for _ in range(n):
+            assert q.send(Request(wrapdrive.WD_OP_CRC32C, addr, 9))
+        assert q.send_batch([Request(wrapdrive.WD_OP_NOP) for _ in range(n)]) == n
+        gc.collect()
+        got = [q.recv_sync(timeout=10) for _ in range(2 * n)]
+        crcs = [r.result for r in got if r.opcode == wrapdrive.WD_OP_CRC32C]
+        assert crcs == [0xE3069283] * n
+        assert all(r.status == abi.WD_STS_OK for r in got)
+        assert q.in_flight == 0
+
+
 SIZES = [0, 1, 63, 64, 4095, 4096, 4097, 65536 + 3, 1 << 20]
 
 

@@ -124,6 +124,10 @@ class Queue:
         self._released = False
         self._lock = threading.Lock()  # guards _buffers
         self._buffers: list[Buffer] = []
+        # Requests libwd holds (sent, not yet received): their struct wd_req is C memory
+        # the Request owns, so the Request must live until wd_recv hands it back, even
+        # when the caller dropped it (q.send(Request(...))).
+        self._in_flight: set[Request] = set()
         self._async_waiters: list[asyncio.Future[None]] = []
         self._async_loop: asyncio.AbstractEventLoop | None = None
         q = self.q
@@ -155,6 +159,7 @@ class Queue:
             for buf in self._buffers:
                 buf.close()
             self._buffers.clear()
+        self._in_flight.clear()
         _live_queues.discard(self)
 
     def _abandon(self) -> None:
@@ -202,12 +207,19 @@ class Queue:
     def send(self, req: Request) -> bool:
         """wd_send: post ``req``; False at once if the ring is full."""
         self._check_opcode(req)
+        self._in_flight.add(req)  # before the ring can hand it to a receiver
         ret = lib.wd_send(self._usable(), req.c)
-        if ret == -errno.EBUSY:
-            return False
         if ret:
+            self._in_flight.discard(req)
+            if ret == -errno.EBUSY:
+                return False
             raise error_for(ret, "wd_send")
         return True
+
+    def _received(self, ptr: Any) -> Request:
+        req = Request.from_c(ptr)
+        self._in_flight.discard(req)
+        return req
 
     def recv(self) -> Request | None:
         """wd_recv: a completed request, or None at once if none."""
@@ -217,13 +229,15 @@ class Queue:
             return None
         if ret:
             raise error_for(ret, "wd_recv")
-        return Request.from_c(ffi.cast("struct wd_req *", out[0]))
+        return self._received(ffi.cast("struct wd_req *", out[0]))
 
     def send_sync(self, req: Request, timeout: float | None = None) -> None:
         """wd_send_sync: post ``req``, waiting (spin, then sleep) while full."""
         self._check_opcode(req)
+        self._in_flight.add(req)
         ret = lib.wd_send_sync_timeout(self._usable(), req.c, _ms(timeout))
         if ret:
+            self._in_flight.discard(req)
             raise _timeout_error(ret, "wd_send_sync")
 
     def recv_sync(self, timeout: float | None = None) -> Request:
@@ -232,7 +246,7 @@ class Queue:
         ret = lib.wd_recv_sync_timeout(self._usable(), out, _ms(timeout))
         if ret:
             raise _timeout_error(ret, "wd_recv_sync")
-        return Request.from_c(ffi.cast("struct wd_req *", out[0]))
+        return self._received(ffi.cast("struct wd_req *", out[0]))
 
     def send_batch(self, reqs: Sequence[Request]) -> int:
         """Post as many of ``reqs`` as fit with one doorbell store; how many."""
@@ -242,7 +256,9 @@ class Queue:
         if not reqs:
             return 0
         ptrs = ffi.new("struct wd_req *[]", [r.c for r in reqs])
+        self._in_flight.update(reqs)
         ret = lib.wd_send_many(self._usable(), ptrs, len(reqs))
+        self._in_flight.difference_update(reqs[max(ret, 0):])  # those not posted
         if ret == -errno.EBUSY:
             return 0
         if ret < 0:
@@ -258,7 +274,7 @@ class Queue:
             return []
         if ret < 0:
             raise error_for(ret, "wd_recv_many")
-        return [Request.from_c(ptrs[i]) for i in range(ret)]
+        return [self._received(ptrs[i]) for i in range(ret)]
 
     def run(self, req: Request, timeout: float | None = None) -> Request:
         """Send ``req`` and wait for it (other threads' completions stay
