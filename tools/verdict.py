@@ -88,6 +88,16 @@ def message(line: str) -> str:
     return _KERNEL_LINE.sub("", line, count=1)
 
 
+_KMSG_ESCAPE = re.compile(r"\\x([0-9a-f]{2})")
+
+
+def unescape(text: str) -> str:
+    """/dev/kmsg's text as it was written: the kernel shows a backslash and every byte
+    outside printable ASCII as \\xNN, so a marker naming a test whose id holds one
+    (a parameter b"\\x78\\x9c") reads back otherwise than it was written."""
+    return _KMSG_ESCAPE.sub(lambda m: chr(int(m[1], 16)), text)
+
+
 # --------------------------------------------------------------------------- the kernel log
 
 
@@ -218,7 +228,7 @@ class Evidence:
         out: dict[str, tuple[int, int]] = {}
         if self.kmsg is None:
             return out
-        lines = [message(ln) for ln in self.kmsg.lines]
+        lines = [unescape(message(ln)) for ln in self.kmsg.lines]
         open_id, open_at = "", -1
         for i, m in enumerate(lines):
             if m.startswith(MARK_TEST_START):

@@ -270,3 +270,23 @@ def test_a_wrapped_kernel_log_is_a_problem(tmp_path: Path) -> None:
         text = f.read_text().replace("first=0 ", "first=812 ", 1)
         f.write_text(text)
     assert "buffer wrapped" in joined(verdict.session_problems(verdict.Evidence.load(out), RMMOD))
+
+
+# --------------------------------------------------------------------------- escaped markers
+
+
+def test_a_test_id_with_a_backslash_keeps_its_kernel_log_window() -> None:
+    """/dev/kmsg shows a backslash as \\x5c: a parametrized id such as
+    `test_inflate[x\\x9c]` read back otherwise than the marker was written, and the
+    test was failed for "no kernel log" (seen on 6.1 with test_kernel_stream.py)."""
+    nodeid = "test_kernel_stream.py::test_inflate[4194304-x\\x9c]"
+    shown = nodeid.replace("\\", "\\x5c")
+    log = verdict.KernelLog(Path("kmsg-end.txt"), [
+        f"[    1.0] {guest_session.MARK_TEST_START}{shown}",
+        "[    1.5] WARNING: CPU: 0 PID: 1 at somewhere",
+        f"[    2.0] {guest_session.MARK_TEST_END}{shown}",
+    ], first=0, last=2)
+    ev = verdict.Evidence(Path("."), kmsg=log)
+    assert verdict.unescape(shown) == nodeid
+    window = ev.test_kmsg(nodeid)
+    assert window is not None and any("WARNING:" in ln for ln in window)

@@ -20,6 +20,10 @@ import pytest
 LIBWD = Path(os.getcwd()) / "userlib" / "libwd"
 MDEV_DEVICES = "/sys/bus/mdev/devices"
 
+# The first test builds libwd in the guest (make under TCG) and the device suite runs
+# every seed call and the sleeping path: minutes on a loaded host, not the default 60 s.
+pytestmark = pytest.mark.slow(300)
+
 
 def our_mdevs() -> set[str]:
     return {n for n in os.listdir(MDEV_DEVICES) if n.startswith("57447276-")}
