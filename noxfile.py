@@ -27,7 +27,7 @@ nox.options.error_on_external_run = False
 
 # Seconds each command of a session may take, under timeout(1) (which signals the whole
 # process group): generous, but CI never hangs.  A VM session's guest has its own limit
-# (--vm-timeout, 1800 s) inside this one.
+# (--vm-timeout, 2700 s) inside this one.
 LIMIT = 1200
 LIMIT_VM = 3600
 

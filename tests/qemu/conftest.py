@@ -6,7 +6,7 @@ with tools/verdict.py.
 Options (also settable by environment):
   --kernel K          6.1, 6.12 or a kernel source tree; repeatable ($WD_KERNELS="6.1,6.12")
   --guest-tests PATH  folder (or file) of in-guest tests ($WD_GUEST_TESTS; default tests/qemu/guest)
-  --vm-timeout S      limit for one guest's whole run ($WD_VM_TIMEOUT; default 1800)
+  --vm-timeout S      limit for one guest's whole run ($WD_VM_TIMEOUT; default 2700)
   --guest-test-timeout S   limit for one in-guest test unless marked slow (default 60)
   --guest-timeout-scale X  multiplies every in-guest limit, for a slow (debug) kernel
                       ($WD_TIMEOUT_SCALE; default 1)
@@ -40,7 +40,7 @@ import verdict  # noqa: E402
 import vm  # noqa: E402
 
 DEFAULT_GUEST_TESTS = REPO / "tests" / "qemu" / "guest"
-DEFAULT_VM_TIMEOUT = 1800.0
+DEFAULT_VM_TIMEOUT = 2700.0
 
 # The in-guest files are run inside the guest by tools/guest_runner.py, never on the host.
 collect_ignore = ["guest"]
