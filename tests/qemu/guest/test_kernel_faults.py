@@ -19,7 +19,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import kernel_vfio as kv  # noqa: E402
 
 FAILSLAB = "/sys/kernel/debug/failslab"
-KMEMLEAK = "/sys/kernel/debug/kmemleak"
 MODDIR = os.environ.get("WD_MODULE_DIR", "")
 MAX_NTH = 5000
 SYS_FINIT_MODULE = 313
@@ -64,17 +63,6 @@ def with_nth_failure(nth, fn):
     return res, left == 0
 
 
-def kmemleak_of_ours():
-    """Objects kmemleak reports with WrapDrive in their backtrace."""
-    if not os.path.exists(KMEMLEAK):
-        return []
-    kv.write(KMEMLEAK, "scan")
-    kv.write(KMEMLEAK, "scan")  # a second scan confirms what the first suspected
-    report = open(KMEMLEAK).read()
-    return [blk for blk in report.split("unreferenced object")
-            if "[wrapdrive]" in blk or "[wd_dummy]" in blk]
-
-
 def _finit(fd, params):
     ret = libc.syscall(SYS_FINIT_MODULE, fd, ctypes.c_char_p(params), 0)
     if ret:
@@ -112,7 +100,7 @@ def test_loading_the_driver_unwinds_every_allocation_failure():
     assert kv.parents() == ["wd_dummy.0", "wd_dummy.1"]
     with kv.Queue("wd_dummy.0", "crc32c") as q:
         assert q.run(kv.WD_OP_NOP, tag=1)[:2] == (1, 0)
-    assert not kmemleak_of_ours()
+    assert not kv.kmemleak_of_ours()
 
 
 def test_creating_and_opening_a_queue_unwind_every_allocation_failure():
@@ -141,4 +129,4 @@ def test_creating_and_opening_a_queue_unwind_every_allocation_failure():
     t = kv.type_dir("wd_dummy.0", "sha256")
     assert kv.read(f"{t}/available_instances") == "4096"
     assert kv.dbg("pinned_pages") == 0
-    assert not kmemleak_of_ours()
+    assert not kv.kmemleak_of_ours()
