@@ -7,6 +7,7 @@ tested on its own.
 import collections
 import ctypes
 import errno
+import hashlib
 import mmap
 import os
 import socket
@@ -72,6 +73,11 @@ def store32(m, off, value):
     before writing its bytes, so the device can see a torn value.
     """
     ctypes.c_uint32.from_buffer(m, off).value = value
+
+
+def hashlib_sha256(data):
+    """SHA-256 by Python's hashlib: the reference for the engine's digests."""
+    return hashlib.sha256(data).digest()
 
 
 def kernel_crc32c(data, seed=0):
