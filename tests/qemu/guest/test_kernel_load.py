@@ -9,7 +9,8 @@ object, not the process's), every queue is back in the pool and kmemleak finds n
 ours.
 
 Duration and kills: $WD_LOAD_SECONDS (60) and $WD_LOAD_KILLS (100); the run lasts at least
-the duration and until the kills are done (at most 4x the duration).  Under TCG with a
+the duration and until the kills are done (at most 4x the duration, times the
+timeout scale).  Under TCG with a
 debug kernel a process needs seconds to open its 8 queues, so kills are spaced by
 duration/kills but only ever hit a process that has requests in flight."""
 import hashlib
@@ -317,7 +318,7 @@ def test_load_with_kills_and_rebinds():
     try:
         while not errors:
             now = time.monotonic()
-            if (now - t0 >= SECONDS and kills >= KILLS) or now - t0 >= 4 * SECONDS:
+            if (now - t0 >= SECONDS and kills >= KILLS) or now - t0 >= 4 * SECONDS * SCALE:
                 break
             select.select([wk["fd"] for wk in workers], [], [], 0.05)
             for wk in workers:
