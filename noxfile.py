@@ -105,7 +105,8 @@ def vm_debug(session: nox.Session) -> None:
     """The VM suite on the debug kernel (KASAN, lockdep, kmemleak, UBSAN ...: tools/debug.config),
     built first when ~/.cache/wrapdrive/kernels has none for the current inputs (15-30 min).
     A run counts only on a clean boot with lock debugging still on, so one boot checks that
-    first (tools/debugkernel.py boots).  Not a default session yet."""
+    first (tools/debugkernel.py boots).  The suite holds the fuzzer, fault injection and the
+    load test at full size; the session's end scans kmemleak.  Not a default session yet."""
     _run(session, *BUILD, "kernels", "--debug", limit=LIMIT_VM)
     _run(session, PY, str(REPO / "tools" / "debugkernel.py"), "boots", "--count", "1")
     _vm(session, "debug", "--guest-timeout-scale", DEBUG_TIMEOUT_SCALE, "--vm-timeout", DEBUG_VM_TIMEOUT)
