@@ -25,8 +25,8 @@ import kernel_vfio as kv  # noqa: E402
 import wd_fuzz  # noqa: E402
 
 PHASE_INPUTS = {
-    "desc": 3000, "ring": 800, "region": 1500, "ioctl": 2400,
-    "mmap": 1200, "sysfs": 1000, "mdev": 600,
+    "desc": 3400, "ring": 600, "region": 1500, "ioctl": 2400,
+    "mmap": 1200, "sysfs": 800, "mdev": 600,
 }
 # Under KASAN in a TCG guest a phase takes minutes: every phase gets this limit (times
 # --guest-timeout-scale).
