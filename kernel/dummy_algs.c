@@ -125,6 +125,9 @@ static int wd_dummy_user_copy(struct wd_queue *q, u64 addr, void *buf, u32 n,
 		ret = wd_queue_read(q, addr, buf, n);
 	if (!ret)
 		return WD_STS_OK;
+	/* Told to stop (the queue closes): the memory is not at fault. */
+	if (fatal_signal_pending(current))
+		return WD_STS_ABORTED;
 	return ret == -ENOMEM ? WD_STS_NOMEM : WD_STS_BAD_ADDR;
 }
 

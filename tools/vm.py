@@ -47,6 +47,9 @@ KEEP_OUTDIRS = 24
 STOCK_MODULES: tuple[str, ...] = ("vfio", "vfio_iommu_type1", "mdev")
 # Ours, in load order (wd_dummy links against wrapdrive).
 OUR_MODULES: tuple[str, ...] = ("wrapdrive", "wd_dummy")
+# Host environment variables handed to the in-guest tests as they are (the fuzzer's seed and
+# size, the load test's duration): virtme-ng passes no environment into the guest.
+GUEST_ENV_PREFIXES: tuple[str, ...] = ("WD_FUZZ_", "WD_LOAD_")
 
 CACHED_ROOT_TAG = "wdcachedroot"
 DEFAULT_CPUS = 2
@@ -282,6 +285,7 @@ def guest_setup_script(
         f"export WD_KERNEL={q(kernel_name)}",
         f"export WD_OUT={q(str(outdir))}",
         "export PYTHONDONTWRITEBYTECODE=1",
+        *(f"export {k}={q(v)}" for k, v in sorted(os.environ.items()) if k.startswith(GUEST_ENV_PREFIXES)),
         "mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug",
         f'wd_die() {{ echo "wd-guest: $*" >&2; {session} dmesg --out "$WD_OUT" setup-failed; exit 125; }}',
     ]

@@ -7,6 +7,7 @@ tested on its own.
 import collections
 import ctypes
 import errno
+import hashlib
 import mmap
 import os
 import socket
@@ -72,6 +73,11 @@ def store32(m, off, value):
     before writing its bytes, so the device can see a torn value.
     """
     ctypes.c_uint32.from_buffer(m, off).value = value
+
+
+def hashlib_sha256(data):
+    """SHA-256 by Python's hashlib: the reference for the engine's digests."""
+    return hashlib.sha256(data).digest()
 
 
 def kernel_crc32c(data, seed=0):
@@ -311,6 +317,21 @@ def errno_of(fn, *args, **kw):
     except OSError as e:
         return e.errno
     return 0
+
+
+KMEMLEAK = "/sys/kernel/debug/kmemleak"
+
+
+def kmemleak_of_ours():
+    """Objects kmemleak reports with WrapDrive in their backtrace ([] on a kernel
+    without kmemleak)."""
+    if not os.path.exists(KMEMLEAK):
+        return []
+    write(KMEMLEAK, "scan")
+    write(KMEMLEAK, "scan")  # a second scan confirms what the first suspected
+    report = read(KMEMLEAK)
+    return [blk for blk in report.split("unreferenced object")
+            if "[wrapdrive]" in blk or "[wd_dummy]" in blk]
 
 
 # -- wd_dummy's own knobs and counters ------------------------------------------

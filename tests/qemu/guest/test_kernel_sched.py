@@ -115,6 +115,11 @@ def test_unbind_with_a_stalled_request():
             ["sh", "-c", f"echo {dev} > /sys/bus/platform/drivers/wd_dummy/unbind"])
         try:
             wait_for(lambda: q.status() & kv.WD_Q_DEAD, PROMPT, "the queue to die")
+            # The request the engine had taken still completes, WD_STS_ABORTED:
+            # its buffer was never at fault (it used to say WD_STS_BAD_ADDR).
+            wait_for(lambda: q.cq_tail() == 1, PROMPT, "the stalled request's completion")
+            c = q.reap(1)[0]
+            assert (c.tag, c.status) == (99, kv.WD_STS_ABORTED), c
             others_complete("wd_dummy.0", rounds=3)
         finally:
             q.close()
