@@ -156,6 +156,37 @@ int wd_do_crc32c_many(struct wd_queue *q, const void *src, const __u32 *lens, in
 int wd_do_sha256_many(struct wd_queue *q, const void *src, const __u32 *lens, int n,
                       __u8 *digests, __u16 *statuses);
 
+int wd_run_start(struct wd_queue *q, struct wd_req *req, int timeout_ms);
+int wd_run_wait(struct wd_queue *q, struct wd_req *req, int timeout_ms);
+
+#define WD_STREAM_PIECE ...
+#define WD_STREAM_FINISH ...
+struct wd_stream_priv;
+struct wd_stream {
+    struct wd_queue *q;
+    __u16 opcode;
+    __u16 slot;
+    int eof;
+    __u64 total_in;
+    __u64 total_out;
+    struct wd_stream_priv *priv;
+};
+int wd_sha256_init(struct wd_queue *q, struct wd_stream *s);
+int wd_sha256_update(struct wd_stream *s, const void *data, size_t len);
+int wd_sha256_digest(struct wd_stream *s, __u8 *digest);
+int wd_sha256_final(struct wd_stream *s, __u8 *digest);
+int wd_crc32c_update(struct wd_queue *q, __u32 *crc, const void *data, size_t len);
+__u32 wd_crc32c_combine(__u32 crc1, __u32 crc2, __u64 len2);
+int wd_deflate_init(struct wd_queue *q, struct wd_stream *s, int level);
+int wd_inflate_init(struct wd_queue *q, struct wd_stream *s);
+int wd_stream_write(struct wd_stream *s, const void *in, size_t len, int flush);
+size_t wd_stream_pending(const struct wd_stream *s);
+size_t wd_stream_read(struct wd_stream *s, void *out, size_t room);
+int wd_stream_copy(struct wd_stream *to, struct wd_stream *from);
+int wd_stream_sync(struct wd_stream *s);
+int wd_stream_move(struct wd_stream *s, struct wd_queue *q);
+void wd_stream_release(struct wd_stream *s);
+
 int wd_sel_node(const char *root);
 int wd_sel_rank(const char *root, const struct wd_capa *capa, int node,
                 struct wd_sel_cand *out, int max);

@@ -36,13 +36,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = tmp_path_factory.mktemp("libwd") / "libwd"
     shutil.copytree(LIBWD, tree, symlinks=False,
                     ignore=shutil.ignore_patterns("*.o", "*.a", "*.so", "wd_bench",
-                                                  "test_ring", "test_device"))
-    res = subprocess.run(["make", "-C", str(tree), "all", "tests/test_device"],
+                                                  "test_ring", "test_device", "test_stream"))
+    res = subprocess.run(["make", "-j2", "-C", str(tree), "all", "tests/test_device",
+                          "tests/test_stream"],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return tree
 
 
+@pytest.mark.slow(300)  # the first user of `built` pays for compiling libwd under TCG
 def test_device_suite(built: Path) -> None:
     before = our_mdevs()
     proc = subprocess.Popen([str(built / "tests" / "test_device")], stdout=subprocess.PIPE,
@@ -55,6 +57,19 @@ def test_device_suite(built: Path) -> None:
         pytest.fail(f"test_device did not finish in 240 s; its output so far:\n{out}")
     print(out)
     assert proc.returncode == 0 and " 0 failed" in out, out
+    assert our_mdevs() == before, "the C test leaked a queue"
+
+
+@pytest.mark.slow(300)
+def test_stream_suite(built: Path) -> None:
+    """libwd's streams (tests/test_stream.c): sha256, crc32c, deflate and
+    inflate of up to 48 MiB in random pieces against AF_ALG and zlib, and
+    what bad use gets."""
+    before = our_mdevs()
+    res = subprocess.run([str(built / "tests" / "test_stream")], capture_output=True,
+                         text=True, timeout=240)
+    print(res.stdout, res.stderr)
+    assert res.returncode == 0 and " 0 failed" in res.stdout, res.stdout + res.stderr
     assert our_mdevs() == before, "the C test leaked a queue"
 
 

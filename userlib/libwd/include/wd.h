@@ -174,6 +174,14 @@ int wd_arm_wait(struct wd_queue *q);
  */
 int wd_run(struct wd_queue *q, struct wd_req *req, int timeout_ms);
 int wd_run_many(struct wd_queue *q, struct wd_req *reqs, int n, int timeout_ms);
+/*
+ * wd_run in two halves, so a caller can prepare the next request while the
+ * device works on this one: wd_run_start posts req (waiting while the ring
+ * is full), wd_run_wait waits for that request and nothing else.  Every
+ * request started must be waited for before it is reused or freed.
+ */
+int wd_run_start(struct wd_queue *q, struct wd_req *req, int timeout_ms);
+int wd_run_wait(struct wd_queue *q, struct wd_req *req, int timeout_ms);
 
 /*
  * One-shot operations on any memory: input that is not shared with the
@@ -214,6 +222,102 @@ int wd_do_crc32c_many(struct wd_queue *q, const void *src, const __u32 *lens,
 		      int n, __u32 *crcs, __u16 *statuses);
 int wd_do_sha256_many(struct wd_queue *q, const void *src, const __u32 *lens,
 		      int n, __u8 *digests, __u16 *statuses);
+
+/*
+ * Streams: data of any size, in pieces of any size (kernel/uapi/wrapdrive.h,
+ * "Chaining").  The library cuts what it is given into device requests of
+ * WD_STREAM_PIECE bytes, copied through two staging buffers of the queue so
+ * the device works on one piece while the caller fills the next; the
+ * caller's buffers are free again when a call returns.
+ *
+ *	struct wd_stream s = { 0 };
+ *	__u8 digest[WD_SHA256_DIGEST_LEN];
+ *
+ *	wd_sha256_init(&q, &s);			// q: a "sha256" queue
+ *	wd_sha256_update(&s, buf, n);		// as often as needed, any n
+ *	wd_sha256_final(&s, digest);		// the digest; s is released
+ *
+ *	__u32 crc = 0;				// q: a "crc32c" queue
+ *	wd_crc32c_update(&q, &crc, buf, n);	// crc(a + b) = crc(b) from crc(a)
+ *
+ *	wd_deflate_init(&q, &s, 6);		// q: a "zlib" queue
+ *	wd_stream_write(&s, buf, n, WD_FLUSH_NONE);
+ *	wd_stream_write(&s, NULL, 0, WD_STREAM_FINISH);
+ *	n = wd_stream_read(&s, out, room);	// the zlib stream, in parts
+ *	wd_stream_release(&s);
+ *
+ * sha256 keeps its state (struct wd_sha256_ctx) in memory shared with the
+ * device, so a stream can be copied (wd_stream_copy) and a digest taken
+ * without ending it (wd_sha256_digest), as hashlib does.  A zlib stream's
+ * state lives in the driver, in one of the queue's max_streams slots,
+ * which the stream holds until it ends or is released: a queue runs at
+ * most max_streams zlib streams at once (wd_*_init says -EBUSY past that).
+ *
+ * Deflate input is gathered until a piece is full or a flush asks for
+ * output: wd_stream_write with WD_FLUSH_SYNC or WD_FLUSH_FULL makes
+ * everything written so far readable (zlib's Z_SYNC_FLUSH / Z_FULL_FLUSH),
+ * WD_STREAM_FINISH ends the stream (Z_FINISH).  Inflate runs everything
+ * written before wd_stream_write returns; when the zlib stream ends, eof is
+ * set, total_in counts the stream's bytes and what followed it is left
+ * unread (wd_stream_write's input beyond total_in).  The output waits in
+ * the stream until wd_stream_read takes it; wd_stream_pending says how
+ * much there is.
+ *
+ * A stream is used by one thread at a time.  Every call returns 0 (or a
+ * count) or a negative errno; a device status other than WD_STS_OK is
+ * -EIO with the status in wd_last_status().  A failed call ends the
+ * stream: later calls return the same error until wd_stream_release.
+ */
+#define WD_STREAM_PIECE		(2U << 20)	/* bytes per device request */
+#define WD_STREAM_FINISH	16		/* wd_stream_write: end the zlib stream */
+
+struct wd_stream_priv;
+
+struct wd_stream {
+	/* out: read-only for the caller */
+	struct wd_queue *q;
+	__u16 opcode;		/* WD_OP_SHA256, WD_OP_DEFLATE or WD_OP_INFLATE */
+	__u16 slot;		/* zlib: the stream slot it holds */
+	int eof;		/* inflate: the zlib stream ended; deflate: finished */
+	__u64 total_in;		/* bytes of input used */
+	__u64 total_out;	/* bytes of output produced */
+	struct wd_stream_priv *priv;
+};
+
+int wd_sha256_init(struct wd_queue *q, struct wd_stream *s);
+int wd_sha256_update(struct wd_stream *s, const void *data, size_t len);
+/* The digest of everything so far; the stream goes on. */
+int wd_sha256_digest(struct wd_stream *s, __u8 digest[WD_SHA256_DIGEST_LEN]);
+/* The digest, then wd_stream_release. */
+int wd_sha256_final(struct wd_stream *s, __u8 digest[WD_SHA256_DIGEST_LEN]);
+
+/* *crc = CRC-32C of data, continuing from *crc (0 to start), any len. */
+int wd_crc32c_update(struct wd_queue *q, __u32 *crc, const void *data, size_t len);
+/* CRC-32C of A + B from crc1 = crc(A), crc2 = crc(B) and len2 = |B| (no device). */
+__u32 wd_crc32c_combine(__u32 crc1, __u32 crc2, __u64 len2);
+
+/* level: WD_LEVEL_DEFAULT, 1..9 or WD_LEVEL_STORE. */
+int wd_deflate_init(struct wd_queue *q, struct wd_stream *s, int level);
+int wd_inflate_init(struct wd_queue *q, struct wd_stream *s);
+/* flush: WD_FLUSH_NONE, WD_FLUSH_SYNC, WD_FLUSH_FULL or WD_STREAM_FINISH. */
+int wd_stream_write(struct wd_stream *s, const void *in, size_t len, int flush);
+size_t wd_stream_pending(const struct wd_stream *s);
+/* Up to room bytes of output into out: how many. */
+size_t wd_stream_read(struct wd_stream *s, void *out, size_t room);
+
+/* A second sha256 stream with from's state, on the same queue (-EOPNOTSUPP for zlib). */
+int wd_stream_copy(struct wd_stream *to, struct wd_stream *from);
+/* Wait for the pieces in flight (before fork: a child can then wd_stream_move). */
+int wd_stream_sync(struct wd_stream *s);
+/*
+ * A sha256 stream inherited across fork (synced before it), moved to the
+ * child's own queue q: its state and gathered input are copied, nothing of
+ * the parent's queue is touched.  With q NULL the stream is dropped the
+ * same way (any stream: a zlib stream cannot move).
+ */
+int wd_stream_move(struct wd_stream *s, struct wd_queue *q);
+/* Free the stream's buffers and its slot (the zlib stream is dropped). Idempotent. */
+void wd_stream_release(struct wd_stream *s);
 
 /*
  * Device selection, for tools and tests (wd_request_queue uses it).

@@ -94,8 +94,10 @@ void wd_ring_fini(struct wd_queue *q)
 
 	free(p->slots);
 	free(p->done);
+	free(p->stream_slots);
 	p->slots = NULL;
 	p->done = NULL;
+	p->stream_slots = NULL;
 }
 
 /* Check the header of a freshly mapped queue against this library's ABI. */
@@ -727,6 +729,78 @@ int wd_run_many(struct wd_queue *q, struct wd_req *reqs, int n, int timeout_ms)
 int wd_run(struct wd_queue *q, struct wd_req *req, int timeout_ms)
 {
 	return wd_run_many(q, req, 1, timeout_ms);
+}
+
+int wd_run_start(struct wd_queue *q, struct wd_req *req, int timeout_ms)
+{
+	struct wd_queue_priv *p = q ? q->priv : NULL;
+	struct wd_cond c = { .want_space = 1 };
+	long deadline = -1;
+	int ret, spun = 0;
+
+	if (!p || !req)
+		return wd_fail(-EINVAL, "wd_run_start: bad arguments");
+	for (;;) {
+		pthread_mutex_lock(&p->lock);
+		ret = send_locked(p, NULL, req, 1, WD_RS_RUN);
+		if (ret == -EBUSY) {
+			ret = reap_locked(p);
+			if (ret >= 0)
+				ret = -EBUSY;
+		}
+		pthread_mutex_unlock(&p->lock);
+		if (ret == 1)
+			return 0;
+		if (ret != -EBUSY)
+			return ret;
+		if (!spun++ && spin(q, &c))
+			continue;
+		if (timeout_ms >= 0 && deadline < 0)
+			deadline = now_ms() + timeout_ms;
+		if (sleep_once(q, &c, deadline))
+			return wd_fail(-ETIMEDOUT, "the ring stayed full for %d ms", timeout_ms);
+	}
+}
+
+int wd_run_wait(struct wd_queue *q, struct wd_req *req, int timeout_ms)
+{
+	struct wd_queue_priv *p = q ? q->priv : NULL;
+	struct wd_cond c = { .req = req };
+	long deadline = -1;
+	int ret, spun = 0;
+
+	if (!p || !req)
+		return wd_fail(-EINVAL, "wd_run_wait: bad arguments");
+	for (;;) {
+		__u32 state = __atomic_load_n(&req->state, __ATOMIC_ACQUIRE);
+
+		if (state == WD_RS_RUN_DONE) {
+			req->state = WD_RS_IDLE;
+			return 0;
+		}
+		if (state != WD_RS_RUN)
+			return wd_fail(-EINVAL, "wd_run_wait: request %p was not started with "
+				       "wd_run_start", (void *)req);
+		pthread_mutex_lock(&p->lock);
+		ret = reap_locked(p);
+		if (ret == 0)
+			ret = check_usable_locked(p);
+		pthread_mutex_unlock(&p->lock);
+		if (ret < 0) {
+			abandon(p, req, 1);
+			return ret;
+		}
+		if (ret > 0)
+			continue;
+		if (!spun++ && spin(q, &c))
+			continue;
+		if (timeout_ms >= 0 && deadline < 0)
+			deadline = now_ms() + timeout_ms;
+		if (sleep_once(q, &c, deadline)) {
+			abandon(p, req, 1);
+			return wd_fail(-ETIMEDOUT, "request did not complete within %d ms", timeout_ms);
+		}
+	}
 }
 
 int wd_in_flight(struct wd_queue *q)

@@ -84,6 +84,7 @@ struct wd_queue_priv {
 	struct wd_range *iova_free;	/* sorted free IOVA ranges */
 	int niova_free, cap_iova_free;
 	struct wd_stage *stages;	/* free staging buffers */
+	__u8 *stream_slots;	/* zlib slots held by wd_stream (max_streams) */
 	int nstages;
 
 	/* VFIO (fixed after open) */
@@ -98,6 +99,9 @@ struct wd_queue_priv {
  * returns -err; wd_fail records the message alone and returns ret. */
 int wd_err(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int wd_fail(int ret, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ops.c */
+void wd_set_last_status(int status);
 
 /* ring.c */
 int wd_ring_init(struct wd_queue *q);

@@ -4,6 +4,15 @@
     with wrapdrive.request_queue("sha256") as q:
         digest = q.sha256(b"hello")
 
+Data of any size, with the interfaces of hashlib and zlib (on a shared
+per-process queue unless ``queue=`` names one):
+
+    wrapdrive.sha256(data).hexdigest()
+    hashlib.file_digest(f, wrapdrive.sha256)
+    wrapdrive.crc32c(data, value)
+    c = wrapdrive.compressobj(level=6); z = c.compress(data) + c.flush()
+    d = wrapdrive.decompressobj(); data = d.decompress(z)
+
 The seed's C-style calls (wd_request_queue, wd_send, ...) are here too.
 """
 
@@ -45,10 +54,13 @@ from .errors import (
     VfioError,
     WrapDriveError,
 )
+from .hashing import crc32c, sha256
 from .memory import Buffer, address_of
 from .queue import Completion, Queue
 from .request import Request
 from .selection import Capa
+from .stream_handle import StreamClosedError, StreamSlotsExhaustedError
+from .zstream import Compress, Decompress, compressobj, decompressobj
 
 __all__ = [
     "WD_CAPA_SHARE_ALL",
@@ -64,6 +76,8 @@ __all__ = [
     "Buffer",
     "Capa",
     "Completion",
+    "Compress",
+    "Decompress",
     "DevicePermissionError",
     "NoDeviceError",
     "NotSharedError",
@@ -76,11 +90,17 @@ __all__ = [
     "Request",
     "RequestFailedError",
     "RequestTooLargeError",
+    "StreamClosedError",
+    "StreamSlotsExhaustedError",
     "VfioError",
     "WrapDriveError",
     "address_of",
+    "compressobj",
+    "crc32c",
+    "decompressobj",
     "devices",
     "request_queue",
+    "sha256",
     "wd_mem_share",
     "wd_mem_unshare",
     "wd_recv",

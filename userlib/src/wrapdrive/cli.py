@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import os
+import stat
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from tqdm import tqdm
 
 from . import bench, sysfs
-from .abi import WD_MAX_LEN
 from .api import request_queue
-from .crc import crc32c_combine
+from .chunks import read_pieces
 from .errors import WrapDriveError
+from .hashing import crc32c as wd_crc32c
+from .hashing import sha256 as wd_sha256
 from .queue import Queue
 from .selection import flag_names
+from .zstream import compressobj
 
 ALGOS = ("sha256", "crc32c", "zlib")
-
-#: work bigger than this reports progress on stderr.
-PROGRESS_BYTES = 16 << 20
-
 
 def _device_dict(dev: sysfs.Device) -> dict[str, Any]:
     return {
@@ -60,82 +63,159 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+#: work of at least this many bytes (or of unknown size: standard input)
+#: shows a progress bar on stderr.
+PROGRESS_BYTES = 16 << 20
+
+#: what `run` names standard input by
+STDIN = "-"
+
+
+def sum_name(name: str) -> tuple[str, str]:
+    """(prefix, name) as sha256sum prints a file name: a name holding a
+    backslash, newline or carriage return is escaped and its line starts
+    with a backslash (GNU coreutils)."""
+    if not any(c in name for c in "\\\n\r"):
+        return "", name
+    esc = name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return "\\", esc
+
+
 class Progress:
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total = total
-        self.done = 0
-        self.enabled = enabled and total >= PROGRESS_BYTES
-        self.start = time.monotonic()
-        self.last = 0.0
+    """A tqdm bar on stderr for long work; nothing when quiet, when stderr
+    is not a terminal, or when the work is short."""
 
-    def add(self, n: int, label: str) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.last < 0.5 and self.done < self.total:
-            return
-        self.last = now
-        rate = self.done / max(now - self.start, 1e-9) / (1 << 20)
-        pct = 100.0 * self.done / max(self.total, 1)
-        print(f"\r{label}: {pct:5.1f}% {self.done >> 20}/{self.total >> 20} MiB "
-              f"{rate:.1f} MiB/s", end="", file=sys.stderr, flush=True)
-        if self.done >= self.total:
-            print(file=sys.stderr)
+    def __init__(self, total: int | None, quiet: bool) -> None:
+        long_work = total is None or total >= PROGRESS_BYTES
+        self.bar: tqdm[Any] | None = None
+        if not quiet and long_work and sys.stderr.isatty():
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                            file=sys.stderr, mininterval=0.5, leave=False)
+
+    def add(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def label(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(text, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def _crc32c_file(q: Queue, path: str, prog: Progress) -> int:
+def _open_input(path: str) -> BinaryIO:
+    """The file to read (standard input for ``-``); OSError if it cannot be."""
+    if path == STDIN:
+        return sys.stdin.buffer
+    f = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    if stat.S_ISDIR(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    return f
+
+
+def _sha256(f: BinaryIO, path: str, q: Queue, prog: Progress) -> str:
+    h = wd_sha256(queue=q)
+    try:
+        for piece in read_pieces(f):
+            h.update(piece)
+            prog.add(len(piece))
+        return h.hexdigest()
+    finally:
+        h.close()
+
+
+def _crc32c(f: BinaryIO, path: str, q: Queue, prog: Progress) -> str:
     crc = 0
-    first = True
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(WD_MAX_LEN)
-            if not chunk and not first:
-                break
-            c = q.crc32c(chunk)
-            crc = c if first else crc32c_combine(crc, c, len(chunk))
-            first = False
-            prog.add(len(chunk), path)
-            if len(chunk) < WD_MAX_LEN:
-                break
-    return crc
+    for piece in read_pieces(f):
+        crc = wd_crc32c(piece, crc, queue=q)
+        prog.add(len(piece))
+    return f"{crc:08x}"
 
 
-def _read_limited(path: str, algo: str) -> bytes:
-    size = os.path.getsize(path)
-    if size > WD_MAX_LEN:
-        raise WrapDriveError(f"{path}: {size} bytes is over the device's per-request limit "
-                             f"of {WD_MAX_LEN} bytes, which {algo} cannot split")
-    with open(path, "rb") as f:
-        return f.read()
+def _zlib(f: BinaryIO, path: str, q: Queue, prog: Progress) -> str:
+    """FILE to FILE.z, or standard input to standard output."""
+    c = compressobj(queue=q)
+    n_in = n_out = 0
+    with contextlib.ExitStack() as stack:
+        dst: BinaryIO = sys.stdout.buffer if path == STDIN else \
+            stack.enter_context(open(path + ".z", "wb"))
+        try:
+            for piece in read_pieces(f):
+                out = c.compress(piece)
+                dst.write(out)
+                n_in += len(piece)
+                n_out += len(out)
+                prog.add(len(piece))
+            out = c.flush()
+        finally:
+            c.close()
+        dst.write(out)
+        n_out += len(out)
+    if path == STDIN:
+        return ""
+    return f"{path} -> {path}.z ({n_in} -> {n_out} bytes)"
+
+
+RUNNERS: dict[str, Callable[[BinaryIO, str, Queue, Progress], str]] = {
+    "sha256": _sha256, "crc32c": _crc32c, "zlib": _zlib}
+
+
+def _total(paths: list[str]) -> int | None:
+    total = 0
+    for p in paths:
+        if p == STDIN:
+            return None
+        with contextlib.suppress(OSError):
+            st = os.stat(p)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            total += st.st_size
+    return total
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Each file in turn, as sha256sum does: a file that cannot be read is
+    reported and skipped (exit status 1); the queue is opened for the first
+    file that can."""
     algo = args.algo
-    sizes = {}
-    for p in args.files:
-        try:
-            sizes[p] = os.path.getsize(p)
-        except OSError as exc:
-            print(f"wrapdrive: {p}: {exc.strerror}", file=sys.stderr)
-            return 1
-    prog = Progress(sum(sizes.values()), not args.quiet)
-    with request_queue(algo, weak_order=args.weak_order,
-                       share_all=args.share_all, root=Path(args.sysfs)) as q:
+    rc = 0
+    prog = Progress(_total(args.files), args.quiet)
+    with contextlib.ExitStack() as stack:
+        stack.callback(prog.close)
+        q: Queue | None = None
         for p in args.files:
-            if algo == "crc32c":
-                print(f"{_crc32c_file(q, p, prog):08x}  {p}")
+            try:
+                f = _open_input(p)
+            except OSError as exc:
+                print(f"wrapdrive: {p}: {exc.strerror or exc}", file=sys.stderr)
+                rc = 1
                 continue
-            data = _read_limited(p, algo)
-            if algo == "sha256":
-                print(f"{q.sha256(data).hex()}  {p}")
-            else:
-                out = q.compress(data)
-                with open(p + ".z", "wb") as f:
-                    f.write(out)
-                print(f"{p} -> {p}.z ({len(data)} -> {len(out)} bytes)")
-            prog.add(len(data), p)
-    return 0
+            if q is None:
+                q = stack.enter_context(request_queue(algo, weak_order=args.weak_order,
+                                                      share_all=args.share_all,
+                                                      root=Path(args.sysfs)))
+            prog.label(p)
+            try:
+                line = RUNNERS[algo](f, p, q, prog)
+            except OSError as exc:
+                if isinstance(exc, WrapDriveError):
+                    raise
+                print(f"wrapdrive: {p}: {exc.strerror or exc}", file=sys.stderr)
+                rc = 1
+                continue
+            finally:
+                if f is not sys.stdin.buffer:
+                    f.close()
+            if algo == "zlib":
+                if line:
+                    print(line)
+                continue
+            prefix, name = sum_name(p)
+            print(f"{prefix}{line}  {name}", flush=True)
+    return rc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,16 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="devices, numa_zone, priority, capabilities, free queues")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_list)
-    run = sub.add_parser("run", help="run an algorithm over files on a device queue")
+    run = sub.add_parser("run", help="run an algorithm over files of any size on a device "
+                                     "queue, streaming them with constant memory")
     run.add_argument("algo", choices=ALGOS,
                      help="sha256 (prints like sha256sum), crc32c (prints hex), "
-                          "zlib (writes FILE.z)")
-    run.add_argument("files", nargs="+", metavar="FILE")
+                          "zlib (writes FILE.z; standard input goes to standard output)")
+    run.add_argument("files", nargs="+", metavar="FILE", help="a file, or - for standard input")
     run.add_argument("--weak-order", action="store_true",
                      help="allow a weakly ordered (WD_WEAK_ORDER) queue")
     run.add_argument("--share-all", action="store_true",
                      help="ask for a WD_CAPA_SHARE_ALL (SVA) queue")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="no progress bar (there is none when stderr is not a terminal)")
     run.set_defaults(func=cmd_run)
     bn = sub.add_parser("bench", help="queue vs AF_ALG vs in-process vs the engine, "
                                       "side by side in one run")
