@@ -65,6 +65,9 @@ def build(root: Path, devices: list[FakeDevice],
                 link = md / "iommu_group"
                 if not link.is_symlink():
                     os.symlink(gdir, link)
+                tlink = md / "mdev_type"
+                if not tlink.is_symlink():
+                    os.symlink(td, tlink)
                 tl = td / "devices" / uuid
                 if not tl.is_symlink():
                     os.symlink(md, tl)

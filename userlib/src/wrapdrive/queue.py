@@ -110,12 +110,15 @@ def _timeout_error(ret: int, what: str) -> Exception:
 class Queue:
     """One queue for one capability (``Capa``), opened and mapped by libwd."""
 
-    def __init__(self, capa: Capa, root: Path = sysfs.SYSFS) -> None:
+    def __init__(self, capa: Capa, root: Path = sysfs.SYSFS, uuid: str | None = None) -> None:
+        self._released = True  # until opened: close() and __del__ have nothing to do
         self.capa = capa
         self.root = root
         self._root_c = ffi.new("char[]", os.fsencode(str(root)))
         self.q = ffi.new("struct wd_queue *")
         self.q.sysfs_root = self._root_c
+        self._uuid_c = ffi.NULL if uuid is None else ffi.new("char[]", uuid.encode())
+        self.q.uuid = self._uuid_c
         self._alg_c = ffi.new("char[]", capa.algo_type.encode())
         c_capa = ffi.new("struct wd_capa *", {"alg": self._alg_c, "flags": capa.flags})
         ret = lib.wd_request_queue(self.q, c_capa)
@@ -137,6 +140,9 @@ class Queue:
         self.max_streams = int(q.max_streams)
         self.numa_zone = None if q.numa_zone < 0 else int(q.numa_zone)
         self.priority = int(q.priority)
+        #: True when the queue existed before (named by uuid, or provisioned by an
+        #: administrator): close() leaves the mdev for the next user.
+        self.provisioned = bool(q.provisioned)
         self.efd = int(q.event_fd)
         self.share_all = bool(self.capa_flags & abi.WD_CAPA_SHARE_ALL)
         self.weak_order = bool(self.capa_flags & abi.WD_WEAK_ORDER)
