@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import bench, sysfs
+from . import admin, bench, sysfs
 from .abi import WD_MAX_LEN
 from .api import request_queue
 from .crc import crc32c_combine
@@ -57,6 +57,20 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"    {t.name:<28} algo_type={t.algo_type:<8} "
                   f"flags={t.flags:#010x} ({flag_names(t.flags)})  "
                   f"free={t.available_instances}  in use={len(t.devices)}")
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    try:
+        if args.uninstall:
+            report = admin.uninstall(args.destdir)
+        else:
+            report = admin.install(args.group, open_only=args.open_only, destdir=args.destdir)
+    except (admin.SetupError, OSError) as exc:
+        print(f"wrapdrive setup: {exc}", file=sys.stderr)
+        return 1
+    for line in report.lines:
+        print(line)
     return 0
 
 
@@ -146,6 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="devices, numa_zone, priority, capabilities, free queues")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_list)
+    st = sub.add_parser("setup", help="(root) let a group use queues without root: "
+                                      "udev rules, helper, system group",
+                        description="Install udev rules (/etc/udev/rules.d/70-wrapdrive.rules) "
+                                    "and their helper (/usr/local/libexec/wrapdrive-udev), "
+                                    "create the system group, reload udev and apply the "
+                                    "permissions to the queues there now. See docs/deploy.md.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    st.add_argument("--group", default=admin.DEFAULT_GROUP,
+                    help="the group whose members may use queues")
+    st.add_argument("--open-only", action="store_true",
+                    help="members may only open queues root provisioned (no create/remove)")
+    st.add_argument("--uninstall", action="store_true",
+                    help="take the permissions back, remove the rules and the helper")
+    st.add_argument("--destdir", type=Path, default=None,
+                    help="install the files under this root only (packaging); no group, "
+                         "no udev reload")
+    st.set_defaults(func=cmd_setup)
     run = sub.add_parser("run", help="run an algorithm over files on a device queue")
     run.add_argument("algo", choices=ALGOS,
                      help="sha256 (prints like sha256sum), crc32c (prints hex), "

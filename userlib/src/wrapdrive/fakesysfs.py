@@ -61,7 +61,10 @@ def build(root: Path, devices: list[FakeDevice],
                 md.mkdir(exist_ok=True)
                 (md / "remove").write_text("")
                 gdir = root / "kernel/iommu_groups" / str(group)
-                gdir.mkdir(parents=True, exist_ok=True)
+                (gdir / "devices").mkdir(parents=True, exist_ok=True)
+                glink = gdir / "devices" / uuid
+                if not glink.is_symlink():
+                    os.symlink(md, glink)
                 link = md / "iommu_group"
                 if not link.is_symlink():
                     os.symlink(gdir, link)
