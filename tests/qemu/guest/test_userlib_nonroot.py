@@ -14,11 +14,14 @@ groups given, RLIMIT_MEMLOCK left at the kernel's default.
   error, and the mdev removed;
 - with provisioned queues only (root made them with mdevctl, the group may
   only open): by uuid and by choice, they work and stay.
+And, as root: a Queue dropped without close() warns and gives its mdev back;
+a closed queue cannot be re-entered; algo_type names are case-sensitive.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import grp
 import hashlib
 import importlib.util
@@ -30,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid as uuidlib
+import warnings
 import zlib
 from pathlib import Path
 
@@ -258,3 +262,32 @@ def test_provisioned_queues_only(gid):
             subprocess.run(["mdevctl", "stop", "-u", u], timeout=60, capture_output=True)
         wrapdrive_cmd("setup", "--group", GROUP)
     assert mdevs() == before
+
+
+# -- as root: what a careless program meets ----------------------------------------------
+
+def test_queue_dropped_without_close_warns_and_gives_the_mdev_back():
+    before = mdevs()
+    q = wrapdrive.request_queue("crc32c")
+    name = q.name
+    assert name in mdevs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del q
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) and name in str(w.message)
+               for w in caught), [str(w.message) for w in caught]
+    assert mdevs() == before
+
+
+def test_closed_queue_cannot_be_entered_again():
+    q = wrapdrive.request_queue("crc32c")
+    with q:
+        assert q.crc32c(b"x") == kv.kernel_crc32c(b"x")
+    with pytest.raises(wrapdrive.QueueReleasedError), q:
+        pass
+
+
+def test_algo_type_is_case_sensitive_and_says_so():
+    with pytest.raises(wrapdrive.NoDeviceError, match="case-sensitive: did you mean 'sha256'"):
+        wrapdrive.request_queue("SHA256")

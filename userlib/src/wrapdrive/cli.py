@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import admin, bench, sysfs
+from . import __version__, admin, bench, selection, sysfs
 from .abi import WD_MAX_LEN
 from .api import request_queue
 from .crc import crc32c_combine
@@ -18,10 +18,25 @@ from .errors import WrapDriveError
 from .queue import Queue
 from .selection import flag_names
 
+#: exit status of a command interrupted by Ctrl-C (128 + SIGINT), as shells use.
+EXIT_INTERRUPTED = 130
+
 ALGOS = ("sha256", "crc32c", "zlib")
 
 #: work bigger than this reports progress on stderr.
 PROGRESS_BYTES = 16 << 20
+
+
+def queue_state(name: str) -> str:
+    """How a queue came to be and whether its owner lives: "in use by pid N",
+    "stale: creator pid N is gone" (``wrapdrive gc`` removes it) or
+    "provisioned" (an administrator's, kept when released)."""
+    if not sysfs.is_ours(name):
+        return "provisioned"
+    pid = sysfs.creator_pid(name)
+    if selection.pid_alive(pid):
+        return f"in use by pid {pid}"
+    return f"stale: creator pid {pid} is gone"
 
 
 def _device_dict(dev: sysfs.Device) -> dict[str, Any]:
@@ -37,6 +52,7 @@ def _device_dict(dev: sysfs.Device) -> dict[str, Any]:
             "flag_names": flag_names(t.flags),
             "available_instances": t.available_instances,
             "queues": len(t.devices),
+            "queue_states": {name: queue_state(name) for name in t.devices},
         } for t in dev.types],
     }
 
@@ -46,7 +62,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         json.dump([_device_dict(d) for d in devs], sys.stdout, indent=2)
         sys.stdout.write("\n")
-        return 0
+        return 0 if devs else 1  # as the text form: no device is a failure
     if not devs:
         print("no WrapDrive devices (is a driver such as wd_dummy loaded?)", file=sys.stderr)
         return 1
@@ -57,6 +73,26 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"    {t.name:<28} algo_type={t.algo_type:<8} "
                   f"flags={t.flags:#010x} ({flag_names(t.flags)})  "
                   f"free={t.available_instances}  in use={len(t.devices)}")
+            for name in t.devices:
+                print(f"        {name}  {queue_state(name)}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Remove the queues of processes that died without releasing them."""
+    root = Path(args.sysfs)
+    removed = selection.reclaim(root)
+    for name in removed:
+        print(f"removed {name}")
+    left = [name for d in sysfs.scan(root) for t in d.types for name in t.devices
+            if queue_state(name).startswith("stale")]
+    if left:
+        print(f"wrapdrive gc: {len(left)} stale queue(s) left: {', '.join(left)} "
+              "(still open in another process, or removing needs root or the "
+              "wrapdrive group)", file=sys.stderr)
+        return 1
+    if not removed:
+        print("no stale queues")
     return 0
 
 
@@ -155,11 +191,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="wrapdrive",
                                  description="WrapDrive accelerator queues over vfio-mdev")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("--sysfs", default=str(sysfs.SYSFS), help=argparse.SUPPRESS)
-    sub = ap.add_subparsers(dest="command", required=True)
-    ls = sub.add_parser("list", help="devices, numa_zone, priority, capabilities, free queues")
+    sub = ap.add_subparsers(dest="command")
+    ls = sub.add_parser("list", help="devices, numa_zone, priority, capabilities, queues "
+                                     "(and which are stale)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_list)
+    gc = sub.add_parser("gc", help="remove queues whose creator died without releasing them")
+    gc.set_defaults(func=cmd_gc)
     st = sub.add_parser("setup", help="(root) let a group use queues without root: "
                                       "udev rules, helper, system group",
                         description="Install udev rules (/etc/udev/rules.d/70-wrapdrive.rules) "
@@ -189,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     run.set_defaults(func=cmd_run)
     bn = sub.add_parser("bench", help="queue vs AF_ALG vs in-process vs the engine, "
-                                      "side by side in one run")
+                                      "side by side in one run",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bn.add_argument("--rounds", type=int, default=5, help="rounds per path (median taken)")
     bn.add_argument("--seconds", type=float, default=0.25, help="length of one round")
     bn.add_argument("--case", action="append", metavar="ALGO:SIZE", type=_parse_case,
@@ -235,7 +276,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
     try:
         rc: int = args.func(args)
         return rc
@@ -244,3 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # end the line ^C left
+        return EXIT_INTERRUPTED

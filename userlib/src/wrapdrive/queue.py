@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import threading
+import warnings
 import weakref
 from array import array
 from collections.abc import Iterable, Sequence
@@ -184,7 +185,19 @@ class Queue:
         return self.q
 
     def __enter__(self) -> Queue:
+        if self._released:
+            raise QueueReleasedError("queue was released; request a new one")
         return self
+
+    def __del__(self) -> None:
+        # A queue dropped without close(): say so (as files and sockets do), and
+        # give its mdev back now rather than at exit or the next reclaim.
+        if getattr(self, "_released", True):
+            return
+        warnings.warn(f"unclosed {self!r}; call close() or use it in a with block",
+                      ResourceWarning, stacklevel=2, source=self)
+        with contextlib.suppress(Exception):  # never raise from a finalizer
+            self.close()
 
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
