@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fakesysfs import FakeDevice, FakeType, build
 from wrapdrive import admin, cli
-from wrapdrive.fakesysfs import FakeDevice, FakeType, build
 
 QUEUE = "11111111-2222-4333-8444-555555555555"
 OTHER = "22222222-2222-4333-8444-555555555555"  # an mdev of some other driver

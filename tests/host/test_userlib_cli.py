@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from fakesysfs import FakeDevice, FakeType, build
 from wrapdrive import cli
 from wrapdrive.abi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER
-from wrapdrive.fakesysfs import FakeDevice, FakeType, build
 
 
 def tree(tmp_path: Path) -> Path:

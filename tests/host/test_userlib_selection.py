@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
+from fakesysfs import FakeDevice, FakeType, build
 from wrapdrive import errors, selection, sysfs
 from wrapdrive.abi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER
-from wrapdrive.fakesysfs import FakeDevice, FakeType, build
 from wrapdrive.selection import Capa, rank
 
 DIST = {0: [10, 20], 1: [20, 10]}

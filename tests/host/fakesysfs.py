@@ -1,4 +1,4 @@
-"""Build a fake sysfs tree (host tests only; never used by the library).
+"""Build a fake sysfs tree (host tests only; not part of the wrapdrive package).
 
 The layout is the one of a real kernel with WrapDrive drivers loaded, so
 discovery, ranking, reclaim and the CLI can be tested without a VM::
@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sysfs import MDEV_BUS, MDEV_DEVICES
+from wrapdrive.sysfs import MDEV_BUS, MDEV_DEVICES
 
 
 @dataclass
