@@ -106,6 +106,15 @@ def vm_debug(session: nox.Session) -> None:
 
 
 @nox.session(venv_backend="none")
+def dkms(session: nox.Session) -> None:
+    """Debian's dkms builds and installs the modules from kernel/dkms.conf for 6.1 and
+    6.12 (in .cache/dkms, nothing on the host's /lib/modules), and a guest of each
+    kernel loads them as kernel/modules-load.d/wrapdrive.conf says (tests/dkms).
+    Not a default session: two builds and two boots."""
+    _run(session, PY, "-m", "pytest", "tests/dkms", "-rfE", "-v", *session.posargs, limit=LIMIT_VM)
+
+
+@nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
     """Build, boot 6.1, and have the dummy engine hash, checksum and compress a file."""
     kernel = os.environ.get("WD_DEMO_KERNEL", "6.1")

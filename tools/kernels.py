@@ -70,6 +70,7 @@ APT_PACKAGES: tuple[str, ...] = (
     "xz-utils",
     "strace",
     "mdevctl",  # provisioned queues (tests/qemu/guest/test_userlib_nonroot.py)
+    "dkms",  # nox -s dkms (tests/dkms): the packagers' build of the modules
     "linux-source-6.1",  # checkpatch.pl, spelling.txt, const_structs.checkpatch
     "python3-venv",
     "python3-dev",  # the userlib's C extension builds against Debian's python3
