@@ -14,7 +14,7 @@ then reloads udev and applies the same permissions to what exists now
 (with ``open_only``, it also takes create and remove back from the group).
 ``uninstall`` takes every permission back and removes the two files.
 ``destdir`` installs the files under another root (packaging, tests) and
-touches nothing else.  docs/deploy.md says what each permission grants.
+touches nothing else.  docs/deploy.rst says what each permission grants.
 """
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ def wd_request_queue(capa: Capa | str, flags: int = 0, *, root: Path = sysfs.SYS
 
 
 def wd_release_queue(q: Queue) -> None:
+    """Release ``q``: drain (bounded), unshare, unmap, close, remove the mdev
+    it created (a provisioned queue stays)."""
     q.close()
 
 
@@ -79,6 +81,8 @@ def wd_mem_share(q: Queue, addr: int, size: int, flags: int = 0) -> int:
 
 
 def wd_mem_unshare(q: Queue, addr: int, size: int) -> None:
+    """Stop sharing [addr, addr+size) (VFIO_IOMMU_UNMAP_DMA); NotSharedError if
+    that range was not shared as a whole."""
     q.unshare(addr, size)
 
 

@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Install udev rules (/etc/udev/rules.d/70-wrapdrive.rules) "
                                     "and their helper (/usr/local/libexec/wrapdrive-udev), "
                                     "create the system group, reload udev and apply the "
-                                    "permissions to the queues there now. See docs/deploy.md.",
+                                    "permissions to the queues there now. See docs/deploy.rst.",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     st.add_argument("--group", default=admin.DEFAULT_GROUP,
                     help="the group whose members may use queues")

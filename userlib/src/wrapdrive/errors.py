@@ -77,7 +77,7 @@ UDEV_HINT = (
     "to use queues without root, an administrator runs `wrapdrive setup --group wrapdrive` "
     "once (udev rules giving that group the queues' VFIO group nodes and the mdev create/"
     "remove files) and adds you to the group (`usermod -aG wrapdrive USER`, then log in "
-    "again); or provisions queues for you (docs/deploy.md)"
+    "again); or provisions queues for you (docs/deploy.rst)"
 )
 
 

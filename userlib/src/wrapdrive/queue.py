@@ -173,10 +173,12 @@ class Queue:
 
     @property
     def released(self) -> bool:
+        """True once close() (wd_release_queue) was called."""
         return self._released
 
     @property
     def dead(self) -> bool:
+        """True when the device went away (WD_Q_DEAD): every call raises QueueDeadError."""
         return bool(lib.wd_is_dead(self.q))
 
     def _usable(self) -> Any:
@@ -373,6 +375,7 @@ class Queue:
         return buf
 
     def free(self, buf: Buffer) -> None:
+        """Unshare and unmap a buffer from alloc() before the queue closes."""
         self.unshare(buf.addr, buf.size)
         with self._lock:
             self._buffers.remove(buf)
@@ -386,6 +389,7 @@ class Queue:
         return iova
 
     def is_shared(self, addr: int, length: int) -> bool:
+        """True when [addr, addr+length) is shared with this queue's device."""
         return bool(lib.wd_is_shared(self._usable(), ffi.cast("void *", addr), length))
 
     # -- the Pythonic operations: one C call each ------------------------------------------
@@ -566,6 +570,7 @@ class Queue:
         return out
 
     def info(self) -> dict[str, Any]:
+        """The queue's identity and ring parameters, as a dict (for logs and the CLI)."""
         return {"name": self.name, "parent": self.parent, "type": self.mdev_type,
                 "algo_type": self.algo_type, "capa_flags": self.capa_flags,
                 "entries": self.entries, "numa_zone": self.numa_zone,
@@ -585,6 +590,7 @@ class Completion:
 
     @property
     def ok(self) -> bool:
+        """True when the device completed the piece with WD_STS_OK."""
         return self.status == abi.WD_STS_OK
 
     def __repr__(self) -> str:
