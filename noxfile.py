@@ -1,4 +1,4 @@
-"""WrapDrive's sessions.  `nox` alone runs what CI runs: lint, unit, build, vm-6.1, vm-6.12.
+"""WrapDrive's sessions.  `nox` alone runs what CI runs: lint, unit, docs, build, vm-6.1, vm-6.12.
 
 All sessions use the project's one venv (.venv, made by tools/bootstrap.sh with
 tools/requirements.txt and `pip install -e userlib`) instead of a venv each: the VM
@@ -20,7 +20,7 @@ PY = str(VENV_PY) if VENV_PY.exists() else sys.executable
 BUILD = [PY, str(REPO / "tools" / "build.py")]
 DURATIONS = 20  # the slowest tests of each pytest session, printed (in-guest ones too)
 
-nox.options.sessions = ["lint", "unit", "build", "vm-6.1", "vm-6.12"]
+nox.options.sessions = ["lint", "unit", "docs", "build", "vm-6.1", "vm-6.12"]
 nox.options.default_venv_backend = "none"
 nox.options.error_on_external_run = False
 
@@ -60,6 +60,17 @@ def unit(session: nox.Session) -> None:
     """Host tests (no VM): userlib on a fake sysfs, the ABI mirror, the tools, and the
     harness's verdicts re-judged on recorded guest output (tests/host/data/guest)."""
     _run(session, PY, "-m", "pytest", "tests/host", "-q", "-rfE", f"--durations={DURATIONS}", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def docs(session: nox.Session) -> None:
+    """docs/ with Sphinx into .cache/docs/html, warnings are errors: the user's and the
+    driver author's guides, deployment, the ABI, the Python API from its docstrings and
+    include/wrapdrive.h's kernel-doc (the kernel's scripts/kernel-doc, from the cached
+    6.12 kernel: run after tools/build.py kernels)."""
+    out = REPO / ".cache" / "docs"
+    _run(session, PY, "-m", "sphinx", "-W", "--keep-going", "-E", "-q", "-b", "html",
+         "-d", str(out / "doctrees"), str(REPO / "docs"), str(out / "html"), *session.posargs)
 
 
 @nox.session(venv_backend="none")
@@ -110,6 +121,15 @@ def vm_debug(session: nox.Session) -> None:
     _run(session, *BUILD, "kernels", "--debug", limit=LIMIT_VM)
     _run(session, PY, str(REPO / "tools" / "debugkernel.py"), "boots", "--count", "1")
     _vm(session, "debug", "--guest-timeout-scale", DEBUG_TIMEOUT_SCALE, "--vm-timeout", DEBUG_VM_TIMEOUT)
+
+
+@nox.session(venv_backend="none")
+def dkms(session: nox.Session) -> None:
+    """Debian's dkms builds and installs the modules from kernel/dkms.conf for 6.1 and
+    6.12 (in .cache/dkms, nothing on the host's /lib/modules), and a guest of each
+    kernel loads them as kernel/modules-load.d/wrapdrive.conf says (tests/dkms).
+    Not a default session: two builds and two boots."""
+    _run(session, PY, "-m", "pytest", "tests/dkms", "-rfE", "-v", *session.posargs, limit=LIMIT_VM)
 
 
 @nox.session(venv_backend="none")

@@ -69,7 +69,8 @@ APT_PACKAGES: tuple[str, ...] = (
     "perl",  # checkpatch.pl
     "xz-utils",
     "strace",
-    "mdevctl",
+    "mdevctl",  # provisioned queues (tests/qemu/guest/test_userlib_nonroot.py)
+    "dkms",  # nox -s dkms (tests/dkms): the packagers' build of the modules
     "linux-source-6.1",  # checkpatch.pl, spelling.txt, const_structs.checkpatch
     "python3-venv",
     "python3-dev",  # the userlib's C extension builds against Debian's python3

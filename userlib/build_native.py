@@ -62,6 +62,7 @@ struct wd_capa { const char *alg; __u32 flags; };
 struct wd_queue {
     const char *sysfs_root;
     __u32 spin;
+    const char *uuid;
     char name[40];
     char parent[64];
     char mdev_type[64];
@@ -72,6 +73,7 @@ struct wd_queue {
     __u32 max_streams;
     int numa_zone;
     int priority;
+    int provisioned;
     int device_fd;
     int event_fd;
     ...;
@@ -111,6 +113,7 @@ struct wd_sel_hooks {
     int (*create)(const char *create_path, const char *uuid, void *arg);
     int (*alive)(int pid, void *arg);
     int (*busy)(int group, void *arg);
+    int (*open_group)(int group, void *arg);
     void *arg;
 };
 
@@ -195,6 +198,12 @@ int wd_sel_create(const char *root, const struct wd_capa *capa, int node,
 int wd_sel_reclaim(const char *root, const struct wd_sel_hooks *hooks,
                    char *removed, size_t removed_len);
 void wd_sel_new_uuid(int pid, char *uuid);
+int wd_sel_is_ours(const char *uuid);
+int wd_sel_lookup(const char *root, const struct wd_capa *capa, const char *uuid,
+                  struct wd_sel_cand *cand);
+int wd_sel_provisioned(const char *root, const struct wd_capa *capa, int node,
+                       const struct wd_sel_hooks *hooks, struct wd_sel_cand *cand,
+                       char *uuid);
 
 int wd_attach_memory(struct wd_queue *q, void *doorbell, const void *cq_region,
                      size_t cq_size, void *sq_region, size_t sq_size,

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from fakesysfs import FakeDevice, FakeType, build
 from wrapdrive import cli
 from wrapdrive.abi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER
-from wrapdrive.fakesysfs import FakeDevice, FakeType, build
 
 
 def tree(tmp_path: Path) -> Path:
@@ -45,7 +45,7 @@ def test_list_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_list_without_devices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--sysfs", str(tmp_path), "list"]) == 1
     assert "no WrapDrive devices" in capsys.readouterr().err
-    assert cli.main(["--sysfs", str(tmp_path), "list", "--json"]) == 0
+    assert cli.main(["--sysfs", str(tmp_path), "list", "--json"]) == 1  # as the text form
     assert json.loads(capsys.readouterr().out) == []
 
 
@@ -67,3 +67,73 @@ def test_python_dash_m_entry_point() -> None:
     out = subprocess.run([sys.executable, "-m", "wrapdrive", "--help"], capture_output=True,
                          text=True, check=True).stdout
     assert "list" in out and "run" in out and "bench" in out
+
+
+def test_bare_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    out = capsys.readouterr().out
+    assert "usage: wrapdrive" in out and "list" in out and "setup" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from wrapdrive import __version__
+    with pytest.raises(SystemExit) as ei:
+        cli.main(["--version"])
+    assert ei.value.code == 0
+    assert capsys.readouterr().out.strip() == f"wrapdrive {__version__}"
+
+
+def test_bench_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 5)" in out and "(default: 0.25)" in out
+
+
+def test_ctrl_c_exits_130_without_traceback(tmp_path: Path) -> None:
+    # a real SIGINT to a real process, while the command runs
+    code = ("import signal, os, wrapdrive.cli as c\n"
+            "def slow(args):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return 0\n"
+            "c.cmd_gc = slow\n"
+            "raise SystemExit(c.main(['gc']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130, r
+    assert "Traceback" not in r.stderr
+
+
+OURS_DEAD = "57447276-0001-4000-8000-00000000fffe"
+PROVISIONED = "11111111-2222-4333-8444-555555555555"
+
+
+def queues_tree(tmp_path: Path) -> Path:
+    import os
+    alive = f"57447276-0003-4000-8000-{os.getpid():012x}"
+    t = FakeType("sha256", "sha256", 0, 7,
+                 devices=[(OURS_DEAD, 1), (alive, 2), (PROVISIONED, 3)])
+    return build(tmp_path, [FakeDevice("wd_dummy.0", 0, 10, types=[t])])
+
+
+def test_list_says_which_queues_are_stale(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    root = queues_tree(tmp_path)
+    assert cli.main(["--sysfs", str(root), "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"{OURS_DEAD}  stale: creator pid 65534 is gone" in out
+    assert f"in use by pid {os.getpid()}" in out
+    assert f"{PROVISIONED}  provisioned" in out
+    assert cli.main(["--sysfs", str(root), "list", "--json"]) == 0
+    states = json.loads(capsys.readouterr().out)[0]["types"][0]["queue_states"]
+    assert states[OURS_DEAD].startswith("stale") and states[PROVISIONED] == "provisioned"
+
+
+def test_gc_removes_stale_queues_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = queues_tree(tmp_path)
+    # the fake tree's remove files do not make the mdev vanish: gc reports it left
+    assert cli.main(["--sysfs", str(root), "gc"]) == 1
+    captured = capsys.readouterr()
+    assert f"removed {OURS_DEAD}" in captured.out
+    assert (root / "bus/mdev/devices" / OURS_DEAD / "remove").read_text() == "1"
+    assert (root / "bus/mdev/devices" / PROVISIONED / "remove").read_text() == ""

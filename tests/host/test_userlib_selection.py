@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
+from fakesysfs import FakeDevice, FakeType, build
 from wrapdrive import errors, selection, sysfs
 from wrapdrive.abi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER
-from wrapdrive.fakesysfs import FakeDevice, FakeType, build
 from wrapdrive.selection import Capa, rank
 
 DIST = {0: [10, 20], 1: [20, 10]}
@@ -229,7 +229,7 @@ def test_vfio_permission_error_points_at_udev() -> None:
     e = errors.os_error(PermissionError(errno.EACCES, "Permission denied"), "open /dev/vfio/3")
     assert isinstance(e, errors.DevicePermissionError)
     assert isinstance(e, PermissionError)
-    assert "/dev/vfio/3" in str(e) and "udev" in str(e) and 'SUBSYSTEM=="vfio"' in str(e)
+    assert "/dev/vfio/3" in str(e) and "udev" in str(e) and "wrapdrive setup" in str(e)
     assert isinstance(errors.os_error(OSError(errno.ENODEV, "x"), "ioctl"),
                       errors.QueueDeadError)
     other = errors.os_error(OSError(errno.EINVAL, "Invalid argument"), "VFIO_SET_IOMMU")
@@ -303,3 +303,65 @@ def test_reclaim_removes_through_sysfs(tmp_path: Path) -> None:
 def test_pid_alive() -> None:
     assert selection.pid_alive(os.getpid())
     assert not selection.pid_alive(0x7FFFFFF0)
+
+
+# -- provisioned queues (an administrator's mdevs) ---------------------------------------
+
+PROV_A = "aaaaaaaa-0000-4000-8000-00000000000a"  # on the preferred device
+PROV_B = "bbbbbbbb-0000-4000-8000-00000000000b"
+PROV_C = "cccccccc-0000-4000-8000-00000000000c"  # on the other device
+
+
+def provisioned_tree(tmp_path: Path) -> Path:
+    t0 = [FakeType("sha256", "sha256", 0, 10,
+                   devices=[(OURS_ALIVE, 1), (PROV_A, 2), (PROV_B, 3)]),
+          FakeType("crc32c", "crc32c", 0, 10)]
+    t1 = [FakeType("sha256", "sha256", 0, 10, devices=[(PROV_C, 4)])]
+    return build(tmp_path, [FakeDevice("wd_dummy.0", 0, 10, types=t0),
+                            FakeDevice("wd_dummy.1", 1, 20, types=t1)],
+                 distances=DIST, cpus={0: "0", 1: "1"})
+
+
+def test_lookup_describes_an_existing_queue(tmp_path: Path) -> None:
+    root = provisioned_tree(tmp_path)
+    c = selection.lookup(PROV_C, Capa("sha256"), root)
+    assert (c.parent, c.mdev_type, c.algo_type, c.priority) == (
+        "wd_dummy.1", "wd_dummy-sha256", "sha256", 20)
+    assert selection.lookup(PROV_A, None, root).parent == "wd_dummy.0"
+
+
+def test_lookup_errors_say_what_is_wrong(tmp_path: Path) -> None:
+    root = provisioned_tree(tmp_path)
+    with pytest.raises(errors.BadRequestError, match="is a 'sha256' queue, not 'crc32c'"):
+        selection.lookup(PROV_A, Capa("crc32c"), root)
+    with pytest.raises(errors.NoDeviceError, match="no mdev dddddddd"):
+        selection.lookup("dddddddd-0000-4000-8000-00000000000d", Capa("sha256"), root)
+    with pytest.raises(errors.BadRequestError, match="not a UUID"):
+        selection.lookup("../../etc", Capa("sha256"), root)
+
+
+def test_provisioned_queue_first_free_one_we_may_open(tmp_path: Path) -> None:
+    root = provisioned_tree(tmp_path)
+    answers = {2: -errno.EBUSY, 3: -errno.EACCES, 4: 99}
+    asked: list[int] = []
+
+    def open_group(group: int) -> int:
+        asked.append(group)
+        return answers[group]
+
+    found = selection.find_provisioned(Capa("sha256"), root, node=0, open_group=open_group)
+    assert found is not None
+    cand, uuid, fd = found
+    assert (cand.parent, uuid, fd) == ("wd_dummy.1", PROV_C, 99)
+    assert asked == [2, 3, 4]  # best device first; our own namespace (group 1) never tried
+    answers[3] = 77
+    found = selection.find_provisioned(Capa("sha256"), root, node=0, open_group=open_group)
+    assert found is not None and found[1:] == (PROV_B, 77)
+
+
+def test_no_provisioned_queue_is_none(tmp_path: Path) -> None:
+    root = provisioned_tree(tmp_path)
+    assert selection.find_provisioned(Capa("crc32c"), root, node=0,
+                                      open_group=lambda g: 5) is None
+    assert selection.find_provisioned(Capa("sha256"), root, node=0,
+                                      open_group=lambda g: -errno.EACCES) is None

@@ -30,18 +30,20 @@ def mlock(addr, length):
     return 0
 
 
-def drop_privileges(uid=NOBODY, memlock=None):
-    """Become uid (no supplementary groups, no capabilities); memlock in bytes."""
+def drop_privileges(uid=NOBODY, memlock=None, groups=()):
+    """Become uid (only the supplementary groups given, no capabilities);
+    memlock in bytes (None: keep the limit, the kernel's default)."""
     if memlock is not None:
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
-    os.setgroups([])
+    os.setgroups(list(groups))
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
 
 
-def run(fn, *args, uid=None, memlock=None, timeout=600):
+def run(fn, *args, uid=None, memlock=None, groups=(), timeout=600):
     """fn(*args) in a child; returns its result (JSON-able) or raises with the
-    child's traceback.  uid/memlock: drop to that user with that limit first."""
+    child's traceback.  uid/memlock/groups: drop to that user with that limit
+    and those supplementary groups first."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -49,7 +51,7 @@ def run(fn, *args, uid=None, memlock=None, timeout=600):
         out = {}
         try:
             if uid is not None or memlock is not None:
-                drop_privileges(uid if uid is not None else os.getuid(), memlock)
+                drop_privileges(uid if uid is not None else os.getuid(), memlock, groups)
             out = {"ok": fn(*args)}
         except BaseException:  # noqa: BLE001  (reported to the parent)
             out = {"error": traceback.format_exc()}

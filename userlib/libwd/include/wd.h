@@ -60,14 +60,26 @@ struct wd_capa {
 struct wd_queue_priv;
 
 /*
- * One queue.  Zero it, optionally set sysfs_root and spin, then call
+ * One queue.  Zero it, optionally set sysfs_root, spin and uuid, then call
  * wd_request_queue().  The other fields are filled by the library and
  * are read-only for the caller.
+ *
+ * Provisioned queues: an administrator may create queues in advance (with
+ * mdevctl, or by writing a UUID to a type's `create` file) and give users
+ * their VFIO group nodes.  With uuid set, wd_request_queue opens that
+ * queue (its algo_type must be capa->alg, its flags must cover
+ * capa->flags).  Without, it first looks for a provisioned queue of a
+ * matching type that the caller may open and nobody holds, in the ranking
+ * order below, and creates a queue only when there is none.  A queue the
+ * library did not create is never removed: wd_release_queue closes it and
+ * leaves it for the next user (provisioned = 1: a queue named by uuid, or
+ * found provisioned).
  */
 struct wd_queue {
 	/* in (optional) */
 	const char *sysfs_root;	/* NULL: "/sys" */
 	__u32 spin;		/* ring polls before a sync call sleeps; 0: adaptive, <= 100 us */
+	const char *uuid;	/* NULL: select; else open this existing mdev */
 
 	/* out */
 	char name[40];		/* the mdev's UUID */
@@ -80,6 +92,7 @@ struct wd_queue {
 	__u32 max_streams;	/* zlib stream slots */
 	int numa_zone;		/* -1 when unknown */
 	int priority;
+	int provisioned;	/* 1: an existing mdev, kept on release */
 	int device_fd;
 	int event_fd;
 	struct wd_queue_priv *priv;
@@ -340,6 +353,7 @@ struct wd_sel_hooks {
 	int (*create)(const char *create_path, const char *uuid, void *arg); /* 0 / -errno */
 	int (*alive)(int pid, void *arg);		/* 1 if the process lives */
 	int (*busy)(int group, void *arg);		/* 1 if the VFIO group is open */
+	int (*open_group)(int group, void *arg);	/* an fd, or -errno */
 	void *arg;
 };
 
@@ -357,6 +371,24 @@ int wd_sel_reclaim(const char *root, const struct wd_sel_hooks *hooks,
 		   char *removed, size_t removed_len);
 /* A UUID of this library's namespace for pid (57447276-...-<pid>). */
 void wd_sel_new_uuid(int pid, char *uuid);
+/* 1 when uuid is in this library's namespace (a queue it created). */
+int wd_sel_is_ours(const char *uuid);
+/*
+ * The existing mdev uuid as a candidate (its type's attributes); -ENOENT
+ * when there is no such mdev, -EINVAL when it is not a WrapDrive queue of
+ * capa (capa may be NULL: any WrapDrive queue).
+ */
+int wd_sel_lookup(const char *root, const struct wd_capa *capa, const char *uuid,
+		  struct wd_sel_cand *cand);
+/*
+ * A provisioned queue for capa: an mdev of a matching type, not of this
+ * library's namespace, whose VFIO group the caller may open and nobody
+ * holds, in ranking order.  Returns the open group fd (>= 0) with *cand
+ * and uuid[37] filled, -ENOENT when there is none, or another -errno.
+ */
+int wd_sel_provisioned(const char *root, const struct wd_capa *capa, int node,
+		       const struct wd_sel_hooks *hooks, struct wd_sel_cand *cand,
+		       char *uuid);
 
 /*
  * Host tests only: drive the ring over plain memory laid out as the three

@@ -2,10 +2,19 @@
 /*
  * libwd: opening and releasing a queue.
  *
- * wd_request_queue: select and create the mdev (select.c), open it the
- * VFIO way (container, TYPE1v2, group, device fd), map the three regions
- * (doorbell read-write, CQ read-only, SQ read-write), check the header,
- * and route the queue-state irq to an eventfd.  Every step unwinds.
+ * wd_request_queue: take the queue named by q->uuid, or a free provisioned
+ * queue, or select and create an mdev (select.c); open it the VFIO way
+ * (container, TYPE1v2, group, device fd), map the three regions (doorbell
+ * read-write, CQ read-only, SQ read-write), check the header, and route
+ * the queue-state irq to an eventfd.  Every step unwinds, and an mdev this
+ * call created is removed when a later step fails.
+ *
+ * udev: a new mdev's VFIO group node (and its `remove` file) is created
+ * root-only and given to the wrapdrive group by udev a moment later (the
+ * rules `wrapdrive setup` installs).  So for an mdev it just created, the
+ * library retries an open or a remove that fails with EACCES, for at most
+ * UDEV_WAIT_MS and only while udev runs; for any other queue EACCES is an
+ * answer at once.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -17,12 +26,59 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/vfio.h>
 
 #include "wd_priv.h"
 
 #define DRAIN_MS	1000	/* release waits this long for requests in flight */
+#define UDEV_WAIT_MS	5000	/* how long a new mdev's nodes may wait for udev */
+#define UDEV_CONTROL	"/run/udev/control"	/* exists while udevd runs */
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Whether an EACCES on a node of a just-created mdev is worth another try:
+ * udev runs and the deadline has not passed.  Sleeps a little first.
+ */
+static int udev_may_fix(long long deadline)
+{
+	struct timespec nap = { 0, 10 * 1000 * 1000 };
+
+	if (access(UDEV_CONTROL, F_OK) || now_ms() >= deadline)
+		return 0;
+	nanosleep(&nap, NULL);
+	return 1;
+}
+
+/* open(path), retrying EACCES while udev may still change the node. */
+static int open_node(const char *path, int flags, int fresh)
+{
+	long long deadline = now_ms() + UDEV_WAIT_MS;
+	int fd;
+
+	for (;;) {
+		fd = open(path, flags);
+		if (fd >= 0 || errno != EACCES || !fresh || !udev_may_fix(deadline))
+			return fd;
+	}
+}
+
+/* Remove an mdev this process created, waiting for udev like open_node. */
+static void remove_created(const char *root, const char *uuid)
+{
+	long long deadline = now_ms() + UDEV_WAIT_MS;
+
+	while (wd_sel_remove(root, uuid) == -EACCES && udev_may_fix(deadline))
+		;
+}
 
 static struct wd_queue_priv *priv_new(void)
 {
@@ -93,7 +149,11 @@ static int set_irq(struct wd_queue *q, int efd)
 	return 0;
 }
 
-static int open_vfio(struct wd_queue *q)
+/*
+ * group_fd: the VFIO group, already open (a provisioned queue found free),
+ * or -1 to open it here; fresh: the mdev was created by this call.
+ */
+static int open_vfio(struct wd_queue *q, int group_fd, int fresh)
 {
 	struct wd_queue_priv *p = q->priv;
 	struct vfio_group_status gs = { .argsz = sizeof(gs) };
@@ -102,6 +162,7 @@ static int open_vfio(struct wd_queue *q)
 	char path[64];
 	int group, ret;
 
+	p->group_fd = group_fd;
 	group = wd_sel_group(p->root, q->name);
 	if (group < 0)
 		return group;
@@ -114,9 +175,13 @@ static int open_vfio(struct wd_queue *q)
 	if (ioctl(p->container_fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) <= 0)
 		return wd_fail(-ENOTSUP, "VFIO type1v2 IOMMU not supported (modprobe vfio_iommu_type1)");
 	snprintf(path, sizeof(path), "/dev/vfio/%d", group);
-	p->group_fd = open(path, O_RDWR | O_CLOEXEC);
 	if (p->group_fd < 0)
-		return wd_err(errno, "open %s", path);
+		p->group_fd = open_node(path, O_RDWR | O_CLOEXEC, fresh);
+	if (p->group_fd < 0 && errno == EBUSY)
+		return wd_err(errno, "open %s: queue %s is in use by another process", path,
+			      q->name);
+	if (p->group_fd < 0)
+		return wd_err(errno, "open %s (queue %s)", path, q->name);
 	if (ioctl(p->group_fd, VFIO_GROUP_GET_STATUS, &gs))
 		return wd_err(errno, "VFIO_GROUP_GET_STATUS %s", path);
 	if (!(gs.flags & VFIO_GROUP_FLAGS_VIABLE))
@@ -199,18 +264,44 @@ static void close_queue(struct wd_queue *q, int remove)
 	if (p->container_fd >= 0)
 		close(p->container_fd);
 	if (remove && q->name[0])
-		wd_sel_remove(p->root, q->name);
+		remove_created(p->root, q->name);
 	q->event_fd = -1;
 	q->device_fd = -1;
 	q->priv = NULL;
 	priv_free(p);
 }
 
+/* Find or make the mdev: q->uuid, a free provisioned queue, or a new one. */
+static int pick_mdev(struct wd_queue *q, struct wd_capa *capa, struct wd_sel_cand *c,
+		     int *group_fd)
+{
+	struct wd_queue_priv *p = q->priv;
+	int node = wd_sel_node(p->root), ret;
+
+	*group_fd = -1;
+	if (q->uuid) {
+		ret = wd_sel_lookup(p->root, capa, q->uuid, c);
+		if (!ret) {
+			snprintf(q->name, sizeof(q->name), "%s", q->uuid);
+			q->provisioned = 1;	/* not ours to remove */
+		}
+		return ret;
+	}
+	ret = wd_sel_provisioned(p->root, capa, node, NULL, c, q->name);
+	if (ret >= 0) {
+		*group_fd = ret;
+		q->provisioned = 1;
+		return 0;
+	}
+	q->provisioned = 0;
+	return wd_sel_create(p->root, capa, node, NULL, c, q->name);
+}
+
 int wd_request_queue(struct wd_queue *q, struct wd_capa *capa)
 {
 	struct wd_sel_cand c;
 	struct wd_queue_priv *p;
-	int ret, err;
+	int ret, err, group_fd;
 
 	if (!q || !capa || !capa->alg)
 		return wd_fail(-EINVAL, "wd_request_queue: NULL queue or capability");
@@ -222,23 +313,26 @@ int wd_request_queue(struct wd_queue *q, struct wd_capa *capa)
 	snprintf(p->root, sizeof(p->root), "%s", q->sysfs_root ? q->sysfs_root : "/sys");
 	q->device_fd = -1;
 	q->event_fd = -1;
-	ret = wd_sel_create(p->root, capa, wd_sel_node(p->root), NULL, &c, q->name);
+	q->provisioned = 0;
+	q->priv = p;
+	ret = pick_mdev(q, capa, &c, &group_fd);
 	if (ret) {
+		q->priv = NULL;
 		priv_free(p);
 		q->name[0] = 0;
 		return ret;
 	}
-	q->priv = p;
 	snprintf(q->parent, sizeof(q->parent), "%s", c.parent);
 	snprintf(q->mdev_type, sizeof(q->mdev_type), "%s", c.mdev_type);
 	snprintf(q->alg, sizeof(q->alg), "%s", c.alg);
 	q->type_flags = c.flags;
 	q->numa_zone = c.numa_zone;
 	q->priority = c.priority;
-	ret = open_vfio(q);
+	ret = open_vfio(q, group_fd, !q->provisioned);
 	if (ret) {
 		err = errno;
-		close_queue(q, 1);	/* keeps the message of the failure */
+		/* keeps the message of the failure; removes only what it made */
+		close_queue(q, !q->provisioned);
 		errno = err;
 		return ret;
 	}
@@ -257,7 +351,7 @@ void wd_release_queue(struct wd_queue *q)
 		wd_detach_memory(q);
 		return;
 	}
-	close_queue(q, 1);
+	close_queue(q, !q->provisioned);
 }
 
 int wd_attach_memory(struct wd_queue *q, void *doorbell, const void *cq_region,

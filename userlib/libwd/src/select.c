@@ -276,42 +276,54 @@ struct rank_ctx {
 	int n, max;
 };
 
-static int rank_one(const char *dev_path, const char *dev, const char *type, void *arg)
+/*
+ * Fill *c from the type `type` of device dev (at dev_path) when it matches
+ * capa (any WrapDrive type when capa is NULL): 0, or 1 when it does not
+ * match or its device is out of 1..100.
+ */
+static int describe_type(const char *dev_path, const char *dev, const char *type,
+			 const struct wd_capa *capa, const struct wd_node_info *ni, int node,
+			 struct wd_sel_cand *c)
 {
-	struct rank_ctx *rc = arg;
 	char path[PATH_MAX], alg[64];
-	struct wd_sel_cand *c;
 	long v;
 
 	fmt(path, sizeof(path), "%s/mdev_supported_types/%s/capabilities/algo_type",
 		 dev_path, type);
-	if (read_text(path, alg, sizeof(alg)) < 0 || strcmp(alg, rc->capa->alg))
-		return 0;
-	if (rc->n >= rc->max)
-		return 0;
-	c = &rc->c[rc->n];
+	if (read_text(path, alg, sizeof(alg)) < 0 || (capa && strcmp(alg, capa->alg)))
+		return 1;
 	memset(c, 0, sizeof(*c));
 	fmt(path, sizeof(path), "%s/priority", dev_path);
 	if (read_long(path, 10, &v) || v < 1 || v > 100)
-		return 0;	/* out of 1..100: never selected */
+		return 1;	/* out of 1..100: never selected */
 	c->priority = (int)v;
 	fmt(path, sizeof(path), "%s/mdev_supported_types/%s/capabilities/flags",
 		 dev_path, type);
 	c->flags = read_long(path, 0, &v) ? 0 : (__u32)v;
-	if (!flags_match(c->flags, rc->capa->flags))
-		return 0;
+	if (capa && !flags_match(c->flags, capa->flags))
+		return 1;
 	fmt(path, sizeof(path), "%s/numa_zone", dev_path);
 	c->numa_zone = read_long(path, 10, &v) ? -1 : (int)v;
 	fmt(path, sizeof(path), "%s/mdev_supported_types/%s/available_instances",
 		 dev_path, type);
 	c->available = read_long(path, 10, &v) ? 0 : (int)v;
-	c->distance = node_distance(rc->ni, rc->node, c->numa_zone);
+	c->distance = ni ? node_distance(ni, node, c->numa_zone) : 0;
 	fmt(c->parent, sizeof(c->parent), "%s", dev);
 	fmt(c->mdev_type, sizeof(c->mdev_type), "%s", type);
 	fmt(c->alg, sizeof(c->alg), "%s", alg);
 	fmt(c->type_path, sizeof(c->type_path), "%s/mdev_supported_types/%s",
 		 dev_path, type);
-	rc->n++;
+	return 0;
+}
+
+static int rank_one(const char *dev_path, const char *dev, const char *type, void *arg)
+{
+	struct rank_ctx *rc = arg;
+
+	if (rc->n >= rc->max)
+		return 0;
+	if (!describe_type(dev_path, dev, type, rc->capa, rc->ni, rc->node, &rc->c[rc->n]))
+		rc->n++;
 	return 0;
 }
 
@@ -374,9 +386,10 @@ void wd_sel_new_uuid(int pid, char *uuid)
 		 (unsigned long long)pid & 0xffffffffffffULL);
 }
 
-static int is_ours(const char *name)
+int wd_sel_is_ours(const char *name)
 {
-	return strlen(name) == 36 && !strncasecmp(name, UUID_PREFIX, strlen(UUID_PREFIX));
+	return name && strlen(name) == 36 &&
+	       !strncasecmp(name, UUID_PREFIX, strlen(UUID_PREFIX));
 }
 
 int wd_sel_group(const char *root, const char *uuid)
@@ -455,7 +468,7 @@ static int reclaim_one(const char *dev_path, const char *dev, const char *type, 
 		long long pid;
 		int group, alive, busy;
 
-		if (!is_ours(names[i]))
+		if (!wd_sel_is_ours(names[i]))
 			continue;
 		pid = strtoll(names[i] + 24, NULL, 16);
 		if (pid <= 0 || pid > INT_MAX)
@@ -548,4 +561,116 @@ int wd_sel_create(const char *root, const struct wd_capa *capa, int node,
 	uuid[0] = 0;
 	return wd_fail(-ENOSPC, "every device offering '%s' is out of queues (tried %s)",
 		      capa->alg, tried);
+}
+
+/* A UUID as the mdev core takes it: 8-4-4-4-12 hex digits. */
+static int uuid_valid(const char *u)
+{
+	static const int dash[] = { 8, 13, 18, 23 };
+	int i, k = 0;
+
+	if (!u || strlen(u) != 36)
+		return 0;
+	for (i = 0; i < 36; i++) {
+		if (k < 4 && i == dash[k]) {
+			if (u[i] != '-')
+				return 0;
+			k++;
+		} else if (!strchr("0123456789abcdefABCDEF", u[i])) {
+			return 0;
+		}
+	}
+	return 1;
+}
+
+int wd_sel_lookup(const char *root, const struct wd_capa *capa, const char *uuid,
+		  struct wd_sel_cand *cand)
+{
+	char path[PATH_MAX], type_path[PATH_MAX], dev_path[PATH_MAX], *type, *dev, *slash;
+
+	root = root_or_sys(root);
+	if (!uuid_valid(uuid) || !cand)
+		return wd_fail(-EINVAL, "'%s' is not a UUID (8-4-4-4-12 hex digits)",
+			       uuid ? uuid : "(null)");
+	fmt(path, sizeof(path), "%s/bus/mdev/devices/%s/mdev_type", root, uuid);
+	if (!realpath(path, type_path))
+		return wd_err(errno == ENOENT ? ENOENT : errno, "no mdev %s (%s)", uuid, path);
+	/* .../<device>/mdev_supported_types/<type> */
+	slash = strrchr(type_path, '/');
+	if (!slash)
+		return wd_fail(-EINVAL, "mdev %s: odd type path %s", uuid, type_path);
+	type = slash + 1;
+	fmt(dev_path, sizeof(dev_path), "%.*s", (int)(slash - type_path), type_path);
+	slash = strrchr(dev_path, '/');
+	if (!slash || strcmp(slash + 1, "mdev_supported_types"))
+		return wd_fail(-EINVAL, "mdev %s: odd type path %s", uuid, type_path);
+	*slash = 0;
+	dev = strrchr(dev_path, '/');
+	dev = dev ? dev + 1 : dev_path;
+	if (describe_type(dev_path, dev, type, NULL, NULL, -1, cand))
+		return wd_fail(-EINVAL, "mdev %s (type %s) is not a WrapDrive queue, or its "
+			       "device is out of priority 1..100", uuid, type);
+	if (capa && capa->alg && strcmp(cand->alg, capa->alg))
+		return wd_fail(-EINVAL, "queue %s is a '%s' queue, not '%s'", uuid, cand->alg,
+			       capa->alg);
+	if (capa && !flags_match(cand->flags, capa->flags))
+		return wd_fail(-EINVAL, "queue %s has flags %#x, which do not cover %#x", uuid,
+			       cand->flags, capa->flags);
+	return 0;
+}
+
+static int real_open_group(int group)
+{
+	char path[64];
+	int fd;
+
+	fmt(path, sizeof(path), "/dev/vfio/%d", group);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+int wd_sel_provisioned(const char *root, const struct wd_capa *capa, int node,
+		       const struct wd_sel_hooks *hooks, struct wd_sel_cand *cand,
+		       char *uuid)
+{
+	struct wd_sel_cand *c;
+	int n, i, j, fd = -ENOENT;
+
+	root = root_or_sys(root);
+	if (!capa || !capa->alg || !cand || !uuid)
+		return wd_fail(-EINVAL, "wd_sel_provisioned: bad arguments");
+	c = calloc(MAX_CANDS, sizeof(*c));
+	if (!c)
+		return wd_err(ENOMEM, "wd_sel_provisioned");
+	n = wd_sel_rank(root, capa, node, c, MAX_CANDS);
+	for (i = 0; i < n && fd < 0; i++) {
+		char path[PATH_MAX], **names = NULL;
+		int nn;
+
+		fmt(path, sizeof(path), "%s/devices", c[i].type_path);
+		nn = entry_names(path, &names);
+		for (j = 0; j < nn && fd < 0; j++) {
+			int group;
+
+			if (wd_sel_is_ours(names[j]) || !uuid_valid(names[j]))
+				continue;
+			group = wd_sel_group(root, names[j]);
+			if (group < 0)
+				continue;
+			/* EBUSY: someone holds it; EACCES: not given to us */
+			fd = hooks && hooks->open_group ? hooks->open_group(group, hooks->arg)
+						       : real_open_group(group);
+			if (fd >= 0) {
+				*cand = c[i];
+				fmt(uuid, 37, "%s", names[j]);
+			}
+		}
+		free_names(names, nn);
+	}
+	free(c);
+	if (fd < 0) {
+		uuid[0] = 0;
+		return wd_fail(-ENOENT, "no free provisioned queue for '%s'", capa->alg);
+	}
+	return fd;
 }

@@ -325,6 +325,77 @@ static void test_threads(void)
 	wd_release_queue(&q);
 }
 
+/* Write text to a sysfs file; 0 or -errno. */
+static int sysfs_write(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	int ret = 0;
+
+	if (!f)
+		return -errno;
+	if (fputs(text, f) < 0)
+		ret = -errno;
+	if (fclose(f) && !ret)
+		ret = -errno;
+	return ret;
+}
+
+static int mdev_exists(const char *uuid)
+{
+	char path[128];
+
+	snprintf(path, sizeof(path), "/sys/bus/mdev/devices/%s", uuid);
+	return access(path, F_OK) == 0;
+}
+
+/*
+ * Queues an administrator made: opened by name (q.uuid), or chosen
+ * before creating one; never removed by wd_release_queue.
+ */
+static void test_provisioned(void)
+{
+	static const char uuid[] = "0badcafe-1111-4222-8333-444455556666";
+	static const char type[] =
+		"/sys/class/mdev_bus/wd_dummy.0/mdev_supported_types/wd_dummy-crc32c";
+	struct wd_queue q = { 0 }, q2 = { 0 }, bad = { 0 };
+	struct wd_capa capa = { .alg = "crc32c" }, sha = { .alg = "sha256" };
+	char path[256];
+	__u32 crc;
+
+	snprintf(path, sizeof(path), "%s/create", type);
+	CHECK(sysfs_write(path, uuid) == 0);
+	q.uuid = uuid;
+	CHECK(wd_request_queue(&q, &capa) == 0);
+	CHECK(q.provisioned == 1 && !strcmp(q.name, uuid));
+	CHECK(wd_do_crc32c(&q, "123456789", 9, 0, &crc, NULL) == 0 && crc == 0xe3069283);
+	wd_release_queue(&q);
+	CHECK(mdev_exists(uuid));
+	/* without a name: the free provisioned queue, not a new one */
+	CHECK(wd_request_queue(&q2, &capa) == 0);
+	CHECK(q2.provisioned == 1 && !strcmp(q2.name, uuid));
+	/* while it is held, a request creates a queue of its own */
+	q = (struct wd_queue){ 0 };
+	CHECK(wd_request_queue(&q, &capa) == 0);
+	CHECK(q.provisioned == 0 && !strncmp(q.name, "57447276-", 9));
+	wd_release_queue(&q);
+	/* by name, while someone holds it: EBUSY, said in words */
+	q = (struct wd_queue){ .uuid = uuid };
+	CHECK(wd_request_queue(&q, &capa) == -EBUSY);
+	CHECK(strstr(wd_errmsg(), "in use") != NULL);
+	wd_release_queue(&q2);
+	CHECK(mdev_exists(uuid));
+	/* by name, of another algorithm; a name that is no UUID; no such queue */
+	bad.uuid = uuid;
+	CHECK(wd_request_queue(&bad, &sha) == -EINVAL);
+	CHECK(strstr(wd_errmsg(), "is a 'crc32c' queue, not 'sha256'") != NULL);
+	bad = (struct wd_queue){ .uuid = "../../kernel" };
+	CHECK(wd_request_queue(&bad, &capa) == -EINVAL);
+	bad = (struct wd_queue){ .uuid = "0badcafe-1111-4222-8333-000000000000" };
+	CHECK(wd_request_queue(&bad, &capa) == -ENOENT);
+	snprintf(path, sizeof(path), "/sys/bus/mdev/devices/%s/remove", uuid);
+	CHECK(sysfs_write(path, "1") == 0);
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -332,6 +403,7 @@ int main(void)
 	test_seed_calls();
 	test_full_ring_and_sleeping();
 	test_threads();
+	test_provisioned();
 	printf("%d checks, %d failed\n", checks, failures);
 	return failures ? 1 : 0;
 }

@@ -32,13 +32,18 @@ def _capa(capa: Capa | str, flags: int = 0) -> Capa:
     return Capa(capa, flags)
 
 
-def wd_request_queue(capa: Capa | str, flags: int = 0, *, root: Path = sysfs.SYSFS) -> Queue:
-    """A queue for ``capa`` (a Capa, or an algo_type with ``flags``) on the
-    best device: priority, then NUMA distance, then free queues."""
-    return Queue(_capa(capa, flags), root)
+def wd_request_queue(capa: Capa | str, flags: int = 0, *, root: Path = sysfs.SYSFS,
+                     uuid: str | None = None) -> Queue:
+    """A queue for ``capa`` (a Capa, or an algo_type with ``flags``): the
+    existing queue ``uuid``; else a free provisioned queue the caller may
+    open; else a new one on the best device (priority, then NUMA distance,
+    then free queues)."""
+    return Queue(_capa(capa, flags), root, uuid)
 
 
 def wd_release_queue(q: Queue) -> None:
+    """Release ``q``: drain (bounded), unshare, unmap, close, remove the mdev
+    it created (a provisioned queue stays)."""
     q.close()
 
 
@@ -76,17 +81,27 @@ def wd_mem_share(q: Queue, addr: int, size: int, flags: int = 0) -> int:
 
 
 def wd_mem_unshare(q: Queue, addr: int, size: int) -> None:
+    """Stop sharing [addr, addr+size) (VFIO_IOMMU_UNMAP_DMA); NotSharedError if
+    that range was not shared as a whole."""
     q.unshare(addr, size)
 
 
 def request_queue(algo_type: str, flags: int = 0, *, weak_order: bool = False,
-                  share_all: bool = False, root: Path = sysfs.SYSFS) -> Queue:
-    """``with wrapdrive.request_queue("sha256") as q: q.sha256(b"...")``"""
+                  share_all: bool = False, root: Path = sysfs.SYSFS,
+                  uuid: str | None = None) -> Queue:
+    """``with wrapdrive.request_queue("sha256") as q: q.sha256(b"...")``
+
+    ``algo_type`` is case-sensitive ("sha256", "crc32c", "zlib", "memcpy"
+    for the sample driver).  With ``uuid``, open that existing queue (one an
+    administrator provisioned, e.g. with ``mdevctl``); its type must offer
+    ``algo_type``.  Without, a free provisioned queue the caller may open is
+    preferred over creating one.  A queue the library did not create is left
+    in place by ``close()`` (``q.provisioned``)."""
     if weak_order:
         flags |= WD_WEAK_ORDER
     if share_all:
         flags |= WD_CAPA_SHARE_ALL
-    return Queue(Capa(algo_type, flags), root)
+    return Queue(Capa(algo_type, flags), root, uuid)
 
 
 def devices(root: Path = sysfs.SYSFS) -> list[sysfs.Device]:

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
-from . import bench, sysfs
+from . import __version__, admin, bench, selection, sysfs
 from .api import request_queue
 from .chunks import read_pieces
 from .errors import WrapDriveError
@@ -25,7 +25,23 @@ from .queue import Queue
 from .selection import flag_names
 from .zstream import compressobj
 
+#: exit status of a command interrupted by Ctrl-C (128 + SIGINT), as shells use.
+EXIT_INTERRUPTED = 130
+
 ALGOS = ("sha256", "crc32c", "zlib")
+
+
+def queue_state(name: str) -> str:
+    """How a queue came to be and whether its owner lives: "in use by pid N",
+    "stale: creator pid N is gone" (``wrapdrive gc`` removes it) or
+    "provisioned" (an administrator's, kept when released)."""
+    if not sysfs.is_ours(name):
+        return "provisioned"
+    pid = sysfs.creator_pid(name)
+    if selection.pid_alive(pid):
+        return f"in use by pid {pid}"
+    return f"stale: creator pid {pid} is gone"
+
 
 def _device_dict(dev: sysfs.Device) -> dict[str, Any]:
     return {
@@ -40,6 +56,7 @@ def _device_dict(dev: sysfs.Device) -> dict[str, Any]:
             "flag_names": flag_names(t.flags),
             "available_instances": t.available_instances,
             "queues": len(t.devices),
+            "queue_states": {name: queue_state(name) for name in t.devices},
         } for t in dev.types],
     }
 
@@ -49,7 +66,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         json.dump([_device_dict(d) for d in devs], sys.stdout, indent=2)
         sys.stdout.write("\n")
-        return 0
+        return 0 if devs else 1  # as the text form: no device is a failure
     if not devs:
         print("no WrapDrive devices (is a driver such as wd_dummy loaded?)", file=sys.stderr)
         return 1
@@ -60,6 +77,40 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"    {t.name:<28} algo_type={t.algo_type:<8} "
                   f"flags={t.flags:#010x} ({flag_names(t.flags)})  "
                   f"free={t.available_instances}  in use={len(t.devices)}")
+            for name in t.devices:
+                print(f"        {name}  {queue_state(name)}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Remove the queues of processes that died without releasing them."""
+    root = Path(args.sysfs)
+    removed = selection.reclaim(root)
+    for name in removed:
+        print(f"removed {name}")
+    left = [name for d in sysfs.scan(root) for t in d.types for name in t.devices
+            if queue_state(name).startswith("stale")]
+    if left:
+        print(f"wrapdrive gc: {len(left)} stale queue(s) left: {', '.join(left)} "
+              "(still open in another process, or removing needs root or the "
+              "wrapdrive group)", file=sys.stderr)
+        return 1
+    if not removed:
+        print("no stale queues")
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    try:
+        if args.uninstall:
+            report = admin.uninstall(args.destdir)
+        else:
+            report = admin.install(args.group, open_only=args.open_only, destdir=args.destdir)
+    except (admin.SetupError, OSError) as exc:
+        print(f"wrapdrive setup: {exc}", file=sys.stderr)
+        return 1
+    for line in report.lines:
+        print(line)
     return 0
 
 
@@ -221,11 +272,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="wrapdrive",
                                  description="WrapDrive accelerator queues over vfio-mdev")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("--sysfs", default=str(sysfs.SYSFS), help=argparse.SUPPRESS)
-    sub = ap.add_subparsers(dest="command", required=True)
-    ls = sub.add_parser("list", help="devices, numa_zone, priority, capabilities, free queues")
+    sub = ap.add_subparsers(dest="command")
+    ls = sub.add_parser("list", help="devices, numa_zone, priority, capabilities, queues "
+                                     "(and which are stale)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_list)
+    gc = sub.add_parser("gc", help="remove queues whose creator died without releasing them")
+    gc.set_defaults(func=cmd_gc)
+    st = sub.add_parser("setup", help="(root) let a group use queues without root: "
+                                      "udev rules, helper, system group",
+                        description="Install udev rules (/etc/udev/rules.d/70-wrapdrive.rules) "
+                                    "and their helper (/usr/local/libexec/wrapdrive-udev), "
+                                    "create the system group, reload udev and apply the "
+                                    "permissions to the queues there now. See docs/deploy.rst.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    st.add_argument("--group", default=admin.DEFAULT_GROUP,
+                    help="the group whose members may use queues")
+    st.add_argument("--open-only", action="store_true",
+                    help="members may only open queues root provisioned (no create/remove)")
+    st.add_argument("--uninstall", action="store_true",
+                    help="take the permissions back, remove the rules and the helper")
+    st.add_argument("--destdir", type=Path, default=None,
+                    help="install the files under this root only (packaging); no group, "
+                         "no udev reload")
+    st.set_defaults(func=cmd_setup)
     run = sub.add_parser("run", help="run an algorithm over files of any size on a device "
                                      "queue, streaming them with constant memory")
     run.add_argument("algo", choices=ALGOS,
@@ -240,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no progress bar (there is none when stderr is not a terminal)")
     run.set_defaults(func=cmd_run)
     bn = sub.add_parser("bench", help="queue vs AF_ALG vs in-process vs the engine, "
-                                      "side by side in one run")
+                                      "side by side in one run",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bn.add_argument("--rounds", type=int, default=5, help="rounds per path (median taken)")
     bn.add_argument("--seconds", type=float, default=0.25, help="length of one round")
     bn.add_argument("--case", action="append", metavar="ALGO:SIZE", type=_parse_case,
@@ -286,7 +359,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
     try:
         rc: int = args.func(args)
         return rc
@@ -295,3 +372,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # end the line ^C left
+        return EXIT_INTERRUPTED

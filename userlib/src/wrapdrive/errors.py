@@ -74,11 +74,10 @@ class RequestFailedError(WrapDriveError):
 
 
 UDEV_HINT = (
-    "give your user access to VFIO groups, e.g. a udev rule "
-    "/etc/udev/rules.d/90-wrapdrive.rules containing\n"
-    '    SUBSYSTEM=="vfio", GROUP="wrapdrive", MODE="0660"\n'
-    "plus membership of that group and write access to the mdev sysfs "
-    "files (or run as root)"
+    "to use queues without root, an administrator runs `wrapdrive setup --group wrapdrive` "
+    "once (udev rules giving that group the queues' VFIO group nodes and the mdev create/"
+    "remove files) and adds you to the group (`usermod -aG wrapdrive USER`, then log in "
+    "again); or provisions queues for you (docs/deploy.rst)"
 )
 
 

@@ -40,18 +40,22 @@ class Buffer:
         self.view = memoryview(self._mm)
 
     def write(self, data: bytes | bytearray | memoryview, offset: int = 0) -> int:
+        """Copy ``data`` into the buffer at ``offset``; returns its length."""
         n = len(data)
         self.view[offset:offset + n] = data
         return n
 
     def read(self, n: int, offset: int = 0) -> bytes:
+        """A copy of ``n`` bytes of the buffer from ``offset``."""
         return bytes(self.view[offset:offset + n])
 
     @property
     def closed(self) -> bool:
+        """True once the buffer was closed (its memory unmapped)."""
         return self._mm.closed
 
     def close(self) -> None:
+        """Unmap the memory (idempotent); unshare it first if a queue uses it."""
         if not self._mm.closed:
             self.view.release()
             self._mm.close()

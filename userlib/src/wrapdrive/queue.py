@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import threading
+import warnings
 import weakref
 from array import array
 from collections.abc import Iterable, Sequence
@@ -110,12 +111,15 @@ def _timeout_error(ret: int, what: str) -> Exception:
 class Queue:
     """One queue for one capability (``Capa``), opened and mapped by libwd."""
 
-    def __init__(self, capa: Capa, root: Path = sysfs.SYSFS) -> None:
+    def __init__(self, capa: Capa, root: Path = sysfs.SYSFS, uuid: str | None = None) -> None:
+        self._released = True  # until opened: close() and __del__ have nothing to do
         self.capa = capa
         self.root = root
         self._root_c = ffi.new("char[]", os.fsencode(str(root)))
         self.q = ffi.new("struct wd_queue *")
         self.q.sysfs_root = self._root_c
+        self._uuid_c = ffi.NULL if uuid is None else ffi.new("char[]", uuid.encode())
+        self.q.uuid = self._uuid_c
         self._alg_c = ffi.new("char[]", capa.algo_type.encode())
         c_capa = ffi.new("struct wd_capa *", {"alg": self._alg_c, "flags": capa.flags})
         ret = lib.wd_request_queue(self.q, c_capa)
@@ -141,6 +145,9 @@ class Queue:
         self.max_streams = int(q.max_streams)
         self.numa_zone = None if q.numa_zone < 0 else int(q.numa_zone)
         self.priority = int(q.priority)
+        #: True when the queue existed before (named by uuid, or provisioned by an
+        #: administrator): close() leaves the mdev for the next user.
+        self.provisioned = bool(q.provisioned)
         self.efd = int(q.event_fd)
         self.share_all = bool(self.capa_flags & abi.WD_CAPA_SHARE_ALL)
         self.weak_order = bool(self.capa_flags & abi.WD_WEAK_ORDER)
@@ -171,10 +178,12 @@ class Queue:
 
     @property
     def released(self) -> bool:
+        """True once close() (wd_release_queue) was called."""
         return self._released
 
     @property
     def dead(self) -> bool:
+        """True when the device went away (WD_Q_DEAD): every call raises QueueDeadError."""
         return bool(lib.wd_is_dead(self.q))
 
     def _usable(self) -> Any:
@@ -183,7 +192,19 @@ class Queue:
         return self.q
 
     def __enter__(self) -> Queue:
+        if self._released:
+            raise QueueReleasedError("queue was released; request a new one")
         return self
+
+    def __del__(self) -> None:
+        # A queue dropped without close(): say so (as files and sockets do), and
+        # give its mdev back now rather than at exit or the next reclaim.
+        if getattr(self, "_released", True):
+            return
+        warnings.warn(f"unclosed {self!r}; call close() or use it in a with block",
+                      ResourceWarning, stacklevel=2, source=self)
+        with contextlib.suppress(Exception):  # never raise from a finalizer
+            self.close()
 
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -370,6 +391,7 @@ class Queue:
         return buf
 
     def free(self, buf: Buffer) -> None:
+        """Unshare and unmap a buffer from alloc() before the queue closes."""
         self.unshare(buf.addr, buf.size)
         with self._lock:
             self._buffers.remove(buf)
@@ -383,6 +405,7 @@ class Queue:
         return iova
 
     def is_shared(self, addr: int, length: int) -> bool:
+        """True when [addr, addr+length) is shared with this queue's device."""
         return bool(lib.wd_is_shared(self._usable(), ffi.cast("void *", addr), length))
 
     # -- the Pythonic operations: one C call each ------------------------------------------
@@ -563,6 +586,7 @@ class Queue:
         return out
 
     def info(self) -> dict[str, Any]:
+        """The queue's identity and ring parameters, as a dict (for logs and the CLI)."""
         return {"name": self.name, "parent": self.parent, "type": self.mdev_type,
                 "algo_type": self.algo_type, "capa_flags": self.capa_flags,
                 "entries": self.entries, "numa_zone": self.numa_zone,
@@ -582,6 +606,7 @@ class Completion:
 
     @property
     def ok(self) -> bool:
+        """True when the device completed the piece with WD_STS_OK."""
         return self.status == abi.WD_STS_OK
 
     def __repr__(self) -> str:

@@ -54,35 +54,43 @@ class Request:
     # -- what to do ---------------------------------------------------------------------
     @property
     def opcode(self) -> int:
+        """WD_OP_*: what the device does."""
         return int(self.c.opcode)
 
     @property
     def src(self) -> int:
+        """Process address of the input (0 with src_len 0)."""
         return int(ffi.cast("uintptr_t", self.c.src))
 
     @property
     def dst(self) -> int:
+        """Process address of the output buffer."""
         return int(ffi.cast("uintptr_t", self.c.dst))
 
     @property
     def src_len(self) -> int:
+        """Input length in bytes (at most WD_MAX_LEN)."""
         return int(self.c.src_len)
 
     @property
     def dst_len(self) -> int:
+        """Room in the output buffer in bytes."""
         return int(self.c.dst_len)
 
     @property
     def flags(self) -> int:
+        """WD_DF_* chaining flags (MORE, CONT)."""
         return int(self.c.flags)
 
     @property
     def seed(self) -> int:
+        """crc32c: the CRC to continue from (0 to start)."""
         return int(self.c.seed)
 
     # -- the outcome ----------------------------------------------------------------------
     @property
     def tag(self) -> int:
+        """The library's tag of the request on the ring."""
         return int(self.c.tag)
 
     @property
@@ -92,22 +100,27 @@ class Request:
 
     @property
     def cqe_flags(self) -> int:
+        """WD_CF_* flags of the completion."""
         return int(self.c.cqe_flags)
 
     @property
     def out_len(self) -> int:
+        """Bytes the device wrote to dst."""
         return int(self.c.out_len)
 
     @property
     def result(self) -> int:
+        """crc32c: the CRC; zlib: input bytes consumed."""
         return int(self.c.result)
 
     @property
     def done(self) -> bool:
+        """True once the request completed (any status)."""
         return self.status >= 0
 
     @property
     def ok(self) -> bool:
+        """True when it completed with WD_STS_OK."""
         return self.status == WD_STS_OK
 
     def __repr__(self) -> str:

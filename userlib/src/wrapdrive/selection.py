@@ -21,7 +21,7 @@ from typing import Any
 
 from . import sysfs
 from .abi import WD_CAPA_SHARE_ALL, WD_WEAK_ORDER, ffi, lib
-from .errors import NoDeviceError, QueueExhaustedError, os_error
+from .errors import BadRequestError, NoDeviceError, QueueExhaustedError, os_error
 from .sysfs import Device
 
 #: candidates wd_sel_rank may return at most.
@@ -84,9 +84,13 @@ def flag_names(flags: int) -> str:
 
 
 def no_device_error(devices: list[Device], capa: Capa) -> NoDeviceError:
+    offered = sorted({t.algo_type for d in devices for t in d.types})
+    near = [a for a in offered if a != capa.algo_type and a.lower() == capa.algo_type.lower()]
+    hint = (f" (algo_type names are case-sensitive: did you mean {near[0]!r}?)" if near
+            else "")
     return NoDeviceError(
         f"no device offers algo_type {capa.algo_type!r} with flags "
-        f"{flag_names(capa.flags)}; devices found:\n{describe(devices)}")
+        f"{flag_names(capa.flags)}{hint}; devices found:\n{describe(devices)}")
 
 
 def _root(root: Path) -> bytes:
@@ -119,7 +123,8 @@ class _Hooks:
 
     def __init__(self, create: CreateHook | None = None,
                  alive: Callable[[int], bool] | None = None,
-                 busy: Callable[[int], bool] | None = None) -> None:
+                 busy: Callable[[int], bool] | None = None,
+                 open_group: Callable[[int], int] | None = None) -> None:
         self.c = ffi.new("struct wd_sel_hooks *")
         self._keep: list[Any] = []
         if create is not None:
@@ -134,6 +139,13 @@ class _Hooks:
             self._set("alive", "int(*)(int, void *)", lambda pid, arg: int(alive(pid)))
         if busy is not None:
             self._set("busy", "int(*)(int, void *)", lambda group, arg: int(busy(group)))
+        if open_group is not None:
+            def c_open(group: int, arg: Any) -> int:
+                try:
+                    return open_group(group)
+                except OSError as exc:
+                    return -(exc.errno or errno.EIO)
+            self._set("open_group", "int(*)(int, void *)", c_open)
 
     def _set(self, name: str, ctype: str, fn: Callable[..., int]) -> None:
         cb = ffi.callback(ctype, fn)
@@ -163,6 +175,42 @@ def create_queue_mdev(capa: Capa, root: Path = sysfs.SYSFS, node: int | None = N
     return Candidate.from_c(cand), ffi.string(uuid).decode()
 
 
+def lookup(uuid: str, capa: Capa | None = None, root: Path = sysfs.SYSFS) -> Candidate:
+    """The existing queue ``uuid`` (libwd's wd_sel_lookup): its type and device.
+    Raises NoDeviceError when there is no such mdev, BadRequestError when it
+    is not a WrapDrive queue (of ``capa``, when given)."""
+    cand = ffi.new("struct wd_sel_cand *")
+    alg = ffi.new("char[]", capa.algo_type.encode()) if capa else ffi.NULL
+    c_capa = ffi.new("struct wd_capa *", {"alg": alg, "flags": capa.flags}) if capa else ffi.NULL
+    ret = lib.wd_sel_lookup(_root(root), c_capa, uuid.encode(), cand)
+    if ret:
+        raise selection_error(-ret, capa or Capa(""), root)
+    return Candidate.from_c(cand)
+
+
+OpenGroupHook = Callable[[int], int]  # VFIO group number -> open fd; raises OSError
+
+
+def find_provisioned(capa: Capa, root: Path = sysfs.SYSFS, node: int | None = None,
+                     open_group: OpenGroupHook | None = None) -> tuple[Candidate, str, int] | None:
+    """A free provisioned queue for ``capa`` (libwd's wd_sel_provisioned): an
+    mdev of a matching type outside this library's UUID namespace whose VFIO
+    group the caller can open now, in ranking order.  Returns the candidate,
+    the queue's UUID and the open group fd (the caller closes it), or None."""
+    cand = ffi.new("struct wd_sel_cand *")
+    uuid = ffi.new("char[40]")
+    alg = ffi.new("char[]", capa.algo_type.encode())
+    c_capa = ffi.new("struct wd_capa *", {"alg": alg, "flags": capa.flags})
+    hooks = _Hooks(open_group=open_group)
+    fd = lib.wd_sel_provisioned(_root(root), c_capa, -1 if node is None else node, hooks.ptr,
+                                cand, uuid)
+    if fd == -errno.ENOENT:
+        return None
+    if fd < 0:
+        raise selection_error(-fd, capa, root)
+    return Candidate.from_c(cand), ffi.string(uuid).decode(), int(fd)
+
+
 def selection_error(err: int, capa: Capa, root: Path) -> Exception:
     """The exception for wd_request_queue's / wd_sel_create's -errno."""
     msg = ffi.string(lib.wd_errmsg()).decode()
@@ -170,6 +218,10 @@ def selection_error(err: int, capa: Capa, root: Path) -> Exception:
         return no_device_error(sysfs.scan(root), capa)
     if err == errno.ENOSPC and "out of queues" in msg:
         return QueueExhaustedError(msg)
+    if err == errno.ENOENT and msg.startswith("no mdev "):
+        return NoDeviceError(msg)
+    if err == errno.EINVAL and not msg.startswith("create mdev"):
+        return BadRequestError(msg)  # wd_sel_lookup: not a UUID, not a queue of capa
     return os_error(OSError(err, os.strerror(err)), msg.split(": " + os.strerror(err))[0])
 
 

@@ -1,4 +1,4 @@
-"""Build a fake sysfs tree (host tests only; never used by the library).
+"""Build a fake sysfs tree (host tests only; not part of the wrapdrive package).
 
 The layout is the one of a real kernel with WrapDrive drivers loaded, so
 discovery, ranking, reclaim and the CLI can be tested without a VM::
@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sysfs import MDEV_BUS, MDEV_DEVICES
+from wrapdrive.sysfs import MDEV_BUS, MDEV_DEVICES
 
 
 @dataclass
@@ -61,10 +61,16 @@ def build(root: Path, devices: list[FakeDevice],
                 md.mkdir(exist_ok=True)
                 (md / "remove").write_text("")
                 gdir = root / "kernel/iommu_groups" / str(group)
-                gdir.mkdir(parents=True, exist_ok=True)
+                (gdir / "devices").mkdir(parents=True, exist_ok=True)
+                glink = gdir / "devices" / uuid
+                if not glink.is_symlink():
+                    os.symlink(md, glink)
                 link = md / "iommu_group"
                 if not link.is_symlink():
                     os.symlink(gdir, link)
+                tlink = md / "mdev_type"
+                if not tlink.is_symlink():
+                    os.symlink(td, tlink)
                 tl = td / "devices" / uuid
                 if not tl.is_symlink():
                     os.symlink(md, tl)
