@@ -45,7 +45,7 @@ BUILD_CACHE = REPO / ".cache" / "build"
 CHECKPATCH_DIR = REPO / ".cache" / "checkpatch"
 LINUX_SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 KNOWN_KERNELS = ("6.1", "6.12")
-MODULES = tuple(f"{m}.ko" for m in vm.OUR_MODULES)
+MODULES = tuple(f"{m}.ko" for m in vm.BUILT_MODULES)
 # Seconds a step may take (a module build takes 3-15 s, checkpatch 1 s, the extraction
 # of checkpatch from linux-source 15-35 s; generous for a loaded machine).
 MAKE_TIMEOUT = 900.0

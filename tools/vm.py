@@ -47,6 +47,8 @@ KEEP_OUTDIRS = 24
 STOCK_MODULES: tuple[str, ...] = ("vfio", "vfio_iommu_type1", "mdev")
 # Ours, in load order (wd_dummy links against wrapdrive).
 OUR_MODULES: tuple[str, ...] = ("wrapdrive", "wd_dummy")
+# Every module kernel/ builds: also those only a machine profile loads (tools/machine.py).
+BUILT_MODULES: tuple[str, ...] = (*OUR_MODULES, "wd_edu")
 
 CACHED_ROOT_TAG = "wdcachedroot"
 DEFAULT_CPUS = 2
