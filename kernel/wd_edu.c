@@ -27,8 +27,9 @@
  *    before the request completes: nothing stays pinned between requests.
  *  - Completion: each DMA raises an MSI; the handler acks it and wakes the
  *    engine.  A DMA is never abandoned while the device may still write:
- *    close, reset and unbind wait for the one in flight (they stop the
- *    request between DMAs).
+ *    close, reset, unbind and VFIO_IOMMU_UNMAP_DMA stop the request between
+ *    two fills of the buffer (wd_dma_map_revoked()) and wait for the DMAs
+ *    in flight.
  *  - Errors become statuses: a buffer the DMA API cannot map
  *    WD_STS_BAD_ADDR (or WD_STS_NOMEM), a device that stops answering
  *    WD_STS_ABORTED; the queue goes on.
@@ -128,7 +129,8 @@ enum wd_edu_qstate {
 
 /*
  * struct wd_edu_queue - an open queue.
- * @state, @node, @kicked and @closing are under wd_edu.lock; the rest
+ * @state and @node are under wd_edu.lock; @kicked and @closing are written
+ * under it and read by the engine without it (READ_ONCE); the rest
  * belongs to the engine while it serves the queue and to queue_open and
  * queue_close otherwise (they run while the engine does not hold it).
  */
@@ -254,15 +256,22 @@ static void wd_edu_cur_advance(struct wd_edu_cursor *c, u32 n)
  * device buffer: fill it from one or more source segments, then empty it
  * into one or more destination segments.  Each DMA stays inside one
  * segment (contiguous in DMA address space) and inside the buffer.
+ * Between two fills, stop if the queue is closing (-ECANCELED) or user
+ * space unmaps either range (-EFAULT): close, reset and unmap then wait
+ * for one fill at most, not for the whole window.
  */
-static int wd_edu_copy_sg(struct wd_edu *edu, struct sg_table *src,
-			  struct sg_table *dst, u32 len)
+static int wd_edu_copy(struct wd_edu *edu, struct wd_edu_queue *eq,
+		       struct wd_dma_map *src, struct wd_dma_map *dst, u32 len)
 {
-	struct wd_edu_cursor s = { .sg = src->sgl }, d = { .sg = dst->sgl };
+	struct wd_edu_cursor s = { .sg = src->sgt.sgl }, d = { .sg = dst->sgt.sgl };
 	u32 fill, n, off;
 	int ret;
 
 	while (len) {
+		if (READ_ONCE(eq->closing))
+			return -ECANCELED;
+		if (wd_dma_map_revoked(src) || wd_dma_map_revoked(dst))
+			return -EFAULT;
 		fill = min_t(u32, len, EDU_BUF_FILL);
 		for (off = 0; off < fill; off += n) {
 			n = min(fill - off, wd_edu_cur_len(&s));
@@ -303,7 +312,7 @@ static void wd_edu_unmap(struct wd_edu *edu, struct wd_queue *q,
 	atomic64_dec(&edu->dma_maps);
 }
 
-/* A WD_STS_* for an errno of wd_queue_dma_map() or of the device. */
+/* A WD_STS_* for an errno of wd_queue_dma_map(), the device or a stop. */
 static u16 wd_edu_status(int err)
 {
 	switch (err) {
@@ -311,7 +320,8 @@ static u16 wd_edu_status(int err)
 		return WD_STS_OK;
 	case -ENOMEM:
 		return WD_STS_NOMEM;
-	case -EIO:
+	case -EIO:		/* the device stopped answering */
+	case -ECANCELED:	/* the queue is closing */
 		return WD_STS_ABORTED;
 	}
 	return WD_STS_BAD_ADDR;
@@ -344,8 +354,8 @@ static u16 wd_edu_check(const struct wd_desc *desc)
 
 /*
  * Run one memcpy, a window at a time: map the window of src and dst, copy
- * it through the device, unmap both.  Between windows, stop if the queue
- * is closing.
+ * it through the device, unmap both.  Mapping in windows bounds what a
+ * request pins at once (RLIMIT_MEMLOCK, see wd_queue_dma_map()).
  */
 static u16 wd_edu_memcpy(struct wd_edu *edu, struct wd_edu_queue *eq,
 			 const struct wd_desc *desc)
@@ -355,8 +365,6 @@ static u16 wd_edu_memcpy(struct wd_edu *edu, struct wd_edu_queue *eq,
 	int ret;
 
 	for (off = 0; off < desc->src_len; off += n) {
-		if (READ_ONCE(eq->closing))
-			return WD_STS_ABORTED;
 		n = min_t(u32, desc->src_len - off, WD_EDU_WINDOW);
 		src = wd_edu_map(edu, eq->q, desc->src + off, n, DMA_TO_DEVICE);
 		if (IS_ERR(src))
@@ -367,7 +375,7 @@ static u16 wd_edu_memcpy(struct wd_edu *edu, struct wd_edu_queue *eq,
 			wd_edu_unmap(edu, eq->q, src);
 			return wd_edu_status(PTR_ERR(dst));
 		}
-		ret = wd_edu_copy_sg(edu, &src->sgt, &dst->sgt, n);
+		ret = wd_edu_copy(edu, eq, src, dst, n);
 		wd_edu_unmap(edu, eq->q, dst);
 		wd_edu_unmap(edu, eq->q, src);
 		if (ret)
