@@ -193,9 +193,13 @@ static irqreturn_t wd_edu_irq(int irq, void *data)
 
 /*
  * Move @len bytes (at most EDU_BUF_FILL) from @src to @dst, one side being
- * the device buffer, and wait for the MSI.  Return 0, or -EIO when the
- * device does not finish: it is then marked broken and nothing else is
- * started on it, since it might still write to memory.
+ * the device buffer, and wait until the device has finished.  Done means
+ * the RUN bit is clear, not that an interrupt came: a wake-up can be stale
+ * and an MSI can be lost.  A DMA still running after the timeout keeps
+ * this thread waiting, for as long as it takes: the memory it writes must
+ * stay mapped until it stops (a device with a reset would be reset here;
+ * edu has none).  Return 0, or -EIO when the device is gone or misbehaved:
+ * it is then disabled, and every later request fails with WD_STS_ABORTED.
  */
 static int wd_edu_dma(struct wd_edu *edu, dma_addr_t src, dma_addr_t dst,
 		      u32 len, bool to_ram)
@@ -211,18 +215,28 @@ static int wd_edu_dma(struct wd_edu *edu, dma_addr_t src, dma_addr_t dst,
 	writeq(len, edu->regs + EDU_REG_DMA_CNT);
 	writeq(cmd, edu->regs + EDU_REG_DMA_CMD);	/* posted after the above */
 
-	left = wait_for_completion_timeout(&edu->dma_done, WD_EDU_DMA_TIMEOUT);
-	cmd = readl(edu->regs + EDU_REG_DMA_CMD);
-	if (cmd == ~0U || (cmd & EDU_DMA_RUN)) {
-		dev_err(&edu->pdev->dev, "DMA did not finish (cmd %#x): device disabled\n",
-			cmd);
-		edu->broken = true;
-		return -EIO;
+	for (;;) {
+		left = wait_for_completion_timeout(&edu->dma_done,
+						   WD_EDU_DMA_TIMEOUT);
+		cmd = readl(edu->regs + EDU_REG_DMA_CMD);
+		if (cmd == ~0U) {	/* gone: it does no DMA any more */
+			dev_err(&edu->pdev->dev, "device gone: disabled\n");
+			edu->broken = true;
+			return -EIO;
+		}
+		if (!(cmd & EDU_DMA_RUN))
+			break;
+		if (!left) {
+			dev_err_ratelimited(&edu->pdev->dev,
+					    "DMA still running after %u s: disabled, waiting for it to stop\n",
+					    WD_EDU_DMA_TIMEOUT / HZ);
+			edu->broken = true;
+		}
 	}
 	if (!left)
 		atomic64_inc(&edu->lost_irqs);
 	atomic64_inc(&edu->dmas);
-	return 0;
+	return edu->broken ? -EIO : 0;
 }
 
 /* A position in a DMA-mapped scatterlist. */

@@ -5,7 +5,7 @@ or bad.
 
 QEMU's edu takes 100 ms per DMA (two per 4095-byte fill, more where a fill crosses a page
 that is not contiguous in DMA address space): about 20 KiB/s.  The sizes here move about
-300 KiB in all; a WD_MAX_LEN copy takes 15 minutes or more, so it runs only when asked for
+220 KiB in all; a WD_MAX_LEN copy takes 15 minutes or more, so it runs only when asked for
 by name (-k test_max_len_copy)."""
 import os
 import sys
@@ -69,7 +69,7 @@ def test_copies_are_byte_exact_across_pages_fills_and_windows(q):
 
 @pytest.mark.slow(300)
 def test_copy_of_several_windows(q):
-    _check_copy(q, 4 * edu.WINDOW + 3, 5, 0)
+    _check_copy(q, 2 * edu.WINDOW + 3, 5, 0)
 
 
 @pytest.mark.slow(3600)

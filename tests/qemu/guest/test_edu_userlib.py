@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -55,8 +54,6 @@ def test_listed_like_any_device() -> None:
     assert [t.algo_type for t in d.types] == ["memcpy"]
     assert d.priority is not None and 1 <= d.priority <= 100
     assert d.numa_zone is not None and d.numa_zone >= 0
-    out = subprocess.run([sys.executable, "-m", "wrapdrive", "list"], capture_output=True, text=True, check=True)
-    assert dev in out.stdout and "memcpy" in out.stdout
 
 
 def test_selected_by_priority() -> None:
