@@ -413,7 +413,7 @@ def _verdict(r: Ratio) -> str:
 
 
 def ratio_table(rs: list[Ratio]) -> str:
-    return "\n".join(f"{r.name:55} {r.value:8.2f}  {_verdict(r)}" for r in rs)
+    return "\n".join(f"{r.name:55} {r.value:8.3g}  {_verdict(r)}" for r in rs)
 
 
 def write_json(path: Path, results: list[Result], rs: list[Ratio], cfg: Config) -> None:
