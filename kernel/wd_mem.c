@@ -599,6 +599,12 @@ void wd_queue_dma_unmap(struct wd_queue *q, struct wd_dma_map *map)
 }
 EXPORT_SYMBOL_GPL(wd_queue_dma_unmap);
 
+bool wd_dma_map_revoked(const struct wd_dma_map *map)
+{
+	return READ_ONCE(map->revoked);
+}
+EXPORT_SYMBOL_GPL(wd_dma_map_revoked);
+
 /* Mark the DMA maps overlapping [first, last] revoked; any found? */
 static bool wd_dma_maps_revoke(struct wd_queue *q, u64 first, u64 last)
 {
@@ -609,7 +615,7 @@ static bool wd_dma_maps_revoke(struct wd_queue *q, u64 first, u64 last)
 	list_for_each_entry(map, &q->dma_maps, node) {
 		if (map->iova && first <= map->addr + map->len - 1 &&
 		    map->addr <= last) {
-			map->revoked = true;
+			WRITE_ONCE(map->revoked, true);
 			found = true;
 		}
 	}

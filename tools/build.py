@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import debugkernel  # noqa: E402
 import guest_session  # noqa: E402
 import kernels  # noqa: E402
+import machine as machine_profiles  # noqa: E402
 import verdict  # noqa: E402
 import vm  # noqa: E402
 
@@ -45,7 +46,7 @@ BUILD_CACHE = REPO / ".cache" / "build"
 CHECKPATCH_DIR = REPO / ".cache" / "checkpatch"
 LINUX_SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 KNOWN_KERNELS = ("6.1", "6.12")
-MODULES = tuple(f"{m}.ko" for m in vm.OUR_MODULES)
+MODULES = tuple(f"{m}.ko" for m in vm.BUILT_MODULES)
 # Seconds a step may take (a module build takes 3-15 s, checkpatch 1 s, the extraction
 # of checkpatch from linux-source 15-35 s; generous for a loaded machine).
 MAKE_TIMEOUT = 900.0
@@ -358,6 +359,7 @@ def run(
     memory_mb: int = vm.DEFAULT_MEMORY_MB,
     cpus: int = vm.DEFAULT_CPUS,
     full_dmesg: bool = False,
+    machine: machine_profiles.Machine = machine_profiles.DEFAULT,
 ) -> int:
     """Boot target, load the modules, run command, end the session; print the guest's
     kernel log; the command's status, or non-zero when the kernel splatted, the session's
@@ -369,7 +371,7 @@ def run(
         raise SystemExit(f"{mdir}: modules not built; run tools/build.py build --kernel {target.name}")
     if kvm is None:
         kvm = vm.use_kvm(target.image)
-    guest = vm.Guest(target.name, target.image, mdir, kvm, cpus, memory_mb)
+    guest = vm.Guest(target.name, target.image, mdir, kvm, cpus, memory_mb, machine)
     outdir = vm.new_outdir("run", target.name)
     res = vm.boot(guest, command, outdir, timeout=timeout, echo=print, log=log)
     ev = verdict.Evidence.load(outdir)
@@ -378,18 +380,19 @@ def run(
         print(f"----- guest kernel log ({target.name}{'' if full_dmesg else ', since the command started'}) -----")
         print("\n".join(shown))
         print("----- end of guest kernel log -----")
-    status = run_status(ev, load_modules)
+    status = run_status(ev, guest.modules)
     log(f"{target.name}: command exited {ev.status if ev.status is not None else '(never finished)'}"
         f" after {res.elapsed:.1f}s wall; exit {status}; output folder {outdir}")  # fmt: skip
     return status
 
 
-def run_status(ev: verdict.Evidence, load_modules: bool = True) -> int:
+def run_status(ev: verdict.Evidence, ours: Sequence[str] = vm.OUR_MODULES) -> int:
     """`run`'s exit status: the command's, or 1 when it passed but the guest did not (a
     kernel splat after the modules loaded, a leak or rmmod failure at the end of the
-    session, a kernel log that could not be read), 124 on a timeout."""
-    expected = vm.STOCK_MODULES + (vm.OUR_MODULES if load_modules else ())
-    rmmod = tuple(reversed(vm.OUR_MODULES)) if load_modules else ()
+    session, a kernel log that could not be read), 124 on a timeout.  ours: our modules
+    the guest loaded, in load order."""
+    expected = vm.STOCK_MODULES + tuple(ours)
+    rmmod = tuple(reversed(ours))
     problems = verdict.run_problems(ev, expected, rmmod)
     for p in problems:
         log(f"ERROR: {p}")
@@ -447,6 +450,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-modules", action="store_true", help="do not load wrapdrive.ko / wd_dummy.ko")
     r.add_argument("--build", action="store_true", help="build the modules first")
     r.add_argument("--full-dmesg", action="store_true", help="print the whole guest log, boot included")
+    r.add_argument("--machine", default="default", choices=sorted(machine_profiles.MACHINES),
+                   help="machine profile: extra devices, kernel arguments, modules (tools/machine.py)")
     r.add_argument("--memory", type=int, default=vm.DEFAULT_MEMORY_MB, help="MiB, split over 2 NUMA nodes")
     acc = r.add_mutually_exclusive_group()
     acc.add_argument("--kvm", dest="kvm", action="store_true", default=None, help="force KVM")
@@ -508,6 +513,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             kvm=args.kvm,
             memory_mb=args.memory,
             full_dmesg=args.full_dmesg,
+            machine=machine_profiles.get(args.machine),
         )
     raise AssertionError(args.cmd)
 

@@ -286,7 +286,7 @@ def start(out: Path, modules: Sequence[str]) -> int:
         "modules": state,
         "debug_locks": debug_locks(),
         "kmemleak": kmemleak,
-        "env": {k: os.environ.get(k, "") for k in ("WD_MODULE_DIR", "WD_KERNEL", "PATH")},
+        "env": {k: os.environ.get(k, "") for k in ("WD_MODULE_DIR", "WD_KERNEL", "WD_MACHINE", "PATH")},
         "mark_error": mark(MARK_COMMAND),
     }
     if kmemleak:

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import IO
 
 from guest_session import MARK_MODULES
+from machine import DEFAULT as DEFAULT_MACHINE
+from machine import Machine
 
 REPO = Path(__file__).resolve().parent.parent
 VM_CACHE = REPO / ".cache" / "vm"
@@ -50,6 +52,8 @@ OUR_MODULES: tuple[str, ...] = ("wrapdrive", "wd_dummy")
 # Host environment variables handed to the in-guest tests as they are (the fuzzer's seed and
 # size, the load test's duration): virtme-ng passes no environment into the guest.
 GUEST_ENV_PREFIXES: tuple[str, ...] = ("WD_FUZZ_", "WD_LOAD_")
+# Every module kernel/ builds: also those only a machine profile loads (tools/machine.py).
+BUILT_MODULES: tuple[str, ...] = (*OUR_MODULES, "wd_edu")
 
 CACHED_ROOT_TAG = "wdcachedroot"
 DEFAULT_CPUS = 2
@@ -164,13 +168,17 @@ def vng_command(
     verbose: bool = True,
     cached_root: bool = True,
     kernel_args: Sequence[str] = KERNEL_ARGS,
+    qemu_opts: Sequence[str] = (),
 ) -> list[str]:
     """The vng command line that boots image and runs exec_cmd in the guest.
 
     verbose: virtme-ng 1.42 in script mode otherwise boots with `quiet loglevel=0` and
     sends the console to /dev/null, so a panic's oops never reaches the host; with it the
-    console (loglevel 7) comes out on vng's stderr, which boot() keeps in console.log."""
+    console (loglevel 7) comes out on vng's stderr, which boot() keeps in console.log.
+    qemu_opts: a machine profile's devices, before any other option of ours."""
     cmd = [vng, "--run", str(image), "--cpus", str(cpus), "--memory", f"{memory_mb}M"]
+    if qemu_opts:
+        cmd.append(f"--qemu-opts={shlex.join(qemu_opts)}")
     cmd += numa_args(memory_mb, cpus, numa_nodes)
     if numa_nodes > 1:
         # One socket per node: with QEMU's default (all CPUs cores of one socket) the CPUs
@@ -268,6 +276,7 @@ def guest_setup_script(
     cached_dirs: Sequence[str] | None = None,
     stock: Sequence[str] = STOCK_MODULES,
     ours: Sequence[str] = OUR_MODULES,
+    machine: Machine = DEFAULT_MACHINE,
 ) -> str:
     """Bash that prepares a guest: stock modules, our modules (and their stock
     dependencies), debugfs, the environment the in-guest tests rely on, and the session's
@@ -275,6 +284,7 @@ def guest_setup_script(
     from what follows the loading of our modules.
 
     module_dir None boots without our modules (only `build.py run --no-modules`).
+    machine: its modules are loaded after `ours`, with their parameters; WD_MACHINE names it.
     """
     q = shlex.quote
     py = q(python or sys.executable)
@@ -283,6 +293,7 @@ def guest_setup_script(
         "set -e",
         f"export PATH={q(path or guest_env_path())}",
         f"export WD_KERNEL={q(kernel_name)}",
+        f"export WD_MACHINE={q(machine.name)}",
         f"export WD_OUT={q(str(outdir))}",
         "export PYTHONDONTWRITEBYTECODE=1",
         *(f"export {k}={q(v)}" for k, v in sorted(os.environ.items()) if k.startswith(GUEST_ENV_PREFIXES)),
@@ -295,16 +306,19 @@ def guest_setup_script(
     lines.append(f"echo {q('<5>' + MARK_MODULES)} > /dev/kmsg || echo 'wd-guest: cannot write to /dev/kmsg' >&2")
     if module_dir is not None:
         lines.append(f"export WD_MODULE_DIR={q(str(module_dir))}")
+        params = dict(machine.modules)
+        ours = (*ours, *(m for m in machine.module_names if m not in ours))
         ours_set = " ".join(ours)
         for m in ours:
             ko = q(str(module_dir / f"{m}.ko"))
+            args = "".join(f" {q(a)}" for a in params.get(m, ()))
             lines += [
                 f"[ -f {ko} ] || wd_die 'missing {module_dir}/{m}.ko: run tools/build.py build'",
                 # load the stock modules ours need (insmod does not resolve them)
                 f"for d in $(modinfo -F depends {ko} | tr , ' '); do",
                 f'  case " {ours_set} " in *" $d "*) ;; *) modprobe "$d" || wd_die "modprobe $d";; esac',
                 "done",
-                f"grep -q '^{m} ' /proc/modules || insmod {ko} || wd_die 'insmod {m}.ko failed'",
+                f"grep -q '^{m} ' /proc/modules || insmod {ko}{args} || wd_die 'insmod {m}.ko failed'",
             ]
     loaded = ",".join([*stock, *(ours if module_dir is not None else ())])
     lines.append(f'{session} start --out "$WD_OUT" --modules {q(loaded)} || wd_die "session start failed"')
@@ -340,6 +354,14 @@ class Guest:
     kvm: bool
     cpus: int = DEFAULT_CPUS
     memory_mb: int = DEFAULT_MEMORY_MB
+    machine: Machine = DEFAULT_MACHINE
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """Ours that this guest loads, in load order (none without a module_dir)."""
+        if self.module_dir is None:
+            return ()
+        return (*OUR_MODULES, *(m for m in self.machine.module_names if m not in OUR_MODULES))
 
 
 @dataclass
@@ -393,8 +415,8 @@ def boot(
     guest now (a test stuck past its limit in a guest that did not power itself off).
     echo gets every line vng prints that is not a kernel console line."""
     vng = vng or find_vng()
-    setup = guest_setup_script(guest.module_dir, guest.name, outdir)
-    rmmod = tuple(reversed(OUR_MODULES)) if guest.module_dir is not None else ()
+    setup = guest_setup_script(guest.module_dir, guest.name, outdir, machine=guest.machine)
+    rmmod = tuple(reversed(guest.modules))
     script = outdir / "guest.sh"
     script.write_text(session_script(setup, command, rmmod))
     cmd = vng_command(
@@ -405,13 +427,17 @@ def boot(
         memory_mb=guest.memory_mb,
         rwdirs=[VM_CACHE],
         vng=vng,
+        kernel_args=(*KERNEL_ARGS, *guest.machine.kernel_args),
+        qemu_opts=guest.machine.qemu_opts,
     )
     console = outdir / CONSOLE_LOG
-    log(f"booting {guest.name} ({'KVM' if guest.kvm else 'TCG'}), limit {timeout:.0f}s; console log: {console}")
+    what = f"{guest.name}{'' if guest.machine == DEFAULT_MACHINE else ' on ' + guest.machine.name}"
+    log(f"booting {what} ({'KVM' if guest.kvm else 'TCG'}), limit {timeout:.0f}s; console log: {console}")
     res = run_vng(cmd, timeout, console=console, echo=echo, watch=watch, env=tool_env(vng))
     result = Boot(outdir, res.returncode, res.elapsed, res.timed_out, res.killed)
     info = {"command": cmd, "returncode": res.returncode, "elapsed": round(res.elapsed, 1),
-            "timed_out": res.timed_out, "killed": res.killed, "kernel": guest.name}  # fmt: skip
+            "timed_out": res.timed_out, "killed": res.killed, "kernel": guest.name,
+            "machine": guest.machine.name}  # fmt: skip
     (outdir / BOOT_JSON).write_text(json.dumps(info, indent=1))
     return result
 

@@ -439,4 +439,20 @@ struct wd_dma_map *wd_queue_dma_map(struct wd_queue *q, u64 addr, u32 len,
  */
 void wd_queue_dma_unmap(struct wd_queue *q, struct wd_dma_map *map);
 
+/**
+ * wd_dma_map_revoked() - does user space want a mapped range back?
+ * @map: a map of wd_queue_dma_map(), not yet unmapped
+ *
+ * True once a VFIO_IOMMU_UNMAP_DMA overlapping @map has begun: it now
+ * waits for wd_queue_dma_unmap() of @map.  A device that needs long for a
+ * map (many DMAs, or slow ones) checks this between its DMAs, stops the
+ * request (WD_STS_BAD_ADDR) and unmaps, so the unmap returns promptly;
+ * the DMA in flight must still finish first.  A hint, read without a lock:
+ * a map the device finishes quickly need not look.
+ *
+ * Context: any.
+ * Return: true if @map has been revoked.
+ */
+bool wd_dma_map_revoked(const struct wd_dma_map *map);
+
 #endif /* _WRAPDRIVE_H */

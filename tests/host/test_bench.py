@@ -122,3 +122,16 @@ def test_c_benchmark_found_where_make_puts_it(monkeypatch: pytest.MonkeyPatch,
 def test_nothing_is_pinned() -> None:
     text = Path(bench.__file__).read_text()
     assert "sched_setaffinity" not in text
+
+
+def test_device_dma_row_is_a_figure_without_a_target() -> None:
+    size = bench.DMA_COPY_SIZE
+    results = [_res("dummy-copy", "memcpy", size, 200.0), _res("edu-dma-copy", "memcpy", size, 0.5)]
+    (r,) = bench.ratios(results)
+    assert r.name == "memcpy 16 KiB edu DMA q.copy() / wd_dummy" and r.value == pytest.approx(0.0025)
+    assert r.target == "" and "(a figure, no target)" in bench.ratio_table([r])
+    assert "memcpy 16 KiB" in bench.table(results) and "edu-dma-copy" in bench.table(results)
+
+
+def test_device_dma_row_needs_an_edu_device(tmp_path: Path) -> None:
+    assert bench.device_copy(bench.Config(), root=tmp_path) == []

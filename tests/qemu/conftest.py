@@ -5,6 +5,9 @@ with tools/verdict.py.
 
 Options (also settable by environment):
   --kernel K          6.1, 6.12 or a kernel source tree; repeatable ($WD_KERNELS="6.1,6.12")
+  --machine M         machine profiles to boot (tools/machine.py); repeatable ($WD_MACHINES;
+                      default all: `default` runs the suite, each other profile boots once
+                      more per kernel for the in-guest files it names, test_edu_*.py)
   --guest-tests PATH  folder (or file) of in-guest tests ($WD_GUEST_TESTS; default tests/qemu/guest)
   --vm-timeout S      limit for one guest's whole run ($WD_VM_TIMEOUT; default 2700)
   --guest-test-timeout S   limit for one in-guest test unless marked slow (default 60)
@@ -14,7 +17,8 @@ Options (also settable by environment):
                       tests, which are one per kernel and file)
   --durations N       also prints the N slowest in-guest tests
 
-The guest: 2 vCPUs in 2 NUMA nodes, 2 GiB; KVM when the probe says it works, else TCG;
+A boot is named KERNEL (the default machine) or KERNEL@MACHINE (e.g. 6.1@edu-iommu).
+The guest: 2 vCPUs in 2 NUMA nodes, 2 GiB, the machine profile's devices; KVM when the probe says it works, else TCG;
 vfio, vfio_iommu_type1, mdev, wrapdrive.ko and wd_dummy.ko loaded (freshly built from
 kernel/ into .cache/build/<kernel>); debugfs mounted; WD_MODULE_DIR and WD_KERNEL set;
 the in-guest tests run as root with cwd = repo root and the project's venv on PATH.
@@ -36,6 +40,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import build  # noqa: E402
 import guest_runner  # noqa: E402
+import machine  # noqa: E402
 import verdict  # noqa: E402
 import vm  # noqa: E402
 
@@ -51,6 +56,7 @@ _GUEST_KEYWORD = pytest.StashKey[str]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("wrapdrive VM suite")
     g.addoption("--kernel", action="append", default=None, help="6.1, 6.12 or PATH; repeatable")
+    g.addoption("--machine", action="append", default=None, help="machine profile(s) to boot; repeatable")
     g.addoption("--guest-tests", default=None, help="folder or file of in-guest pytest files")
     g.addoption("--vm-timeout", type=float, default=None, help="seconds for one guest's whole run")
     g.addoption(
@@ -81,6 +87,34 @@ def selected_kernels(config: pytest.Config) -> list[str]:
     return [k for k in env.split(",") if k]
 
 
+def selected_machines(config: pytest.Config) -> list[machine.Machine]:
+    opt = config.getoption("--machine")
+    names = [m for item in opt for m in item.split(",") if m] if opt else \
+        [m for m in os.environ.get("WD_MACHINES", ",".join(machine.MACHINES)).split(",") if m]
+    return [machine.get(n) for n in names]
+
+
+def boot_name(kernel: str, m: machine.Machine) -> str:
+    """KERNEL for the default machine, KERNEL@MACHINE for the others."""
+    return kernel if m == machine.DEFAULT else f"{kernel}@{m.name}"
+
+
+def split_boot_name(name: str) -> tuple[str, machine.Machine]:
+    kernel, _, m = name.rpartition("@") if "@" in name else (name, "", machine.DEFAULT.name)
+    return kernel, machine.get(m)
+
+
+def machine_files(config: pytest.Config, m: machine.Machine) -> list[Path]:
+    """The in-guest files a boot of machine m runs."""
+    return [f for f in guest_test_files(config) if machine.runs_file(m, f.name)]
+
+
+def boots(config: pytest.Config) -> list[str]:
+    """Every boot of this session: a kernel on a machine that has files to run."""
+    return [boot_name(k, m) for k in selected_kernels(config) for m in selected_machines(config)
+            if machine_files(config, m)]  # fmt: skip
+
+
 def guest_test_files(config: pytest.Config) -> list[Path]:
     raw = config.getoption("--guest-tests") or os.environ.get("WD_GUEST_TESTS")
     root = Path(raw).resolve() if raw else DEFAULT_GUEST_TESTS
@@ -89,13 +123,21 @@ def guest_test_files(config: pytest.Config) -> list[Path]:
     return sorted(root.glob("test_*.py")) if root.is_dir() else []
 
 
+def _boot_id(name: str) -> str:
+    kernel, m = split_boot_name(name)
+    return boot_name(Path(kernel).name, m)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "wd_kernel" in metafunc.fixturenames:
-        ks = selected_kernels(metafunc.config)
-        metafunc.parametrize("wd_kernel", ks, ids=[Path(k).name for k in ks], indirect=True, scope="session")
-    if "guest_file" in metafunc.fixturenames:
-        files = guest_test_files(metafunc.config)
-        metafunc.parametrize("guest_file", files, ids=[f.name for f in files])
+    config = metafunc.config
+    if "wd_kernel" in metafunc.fixturenames and "guest_file" in metafunc.fixturenames:
+        # Each boot with the files its machine runs.
+        pairs = [(b, f) for b in boots(config) for f in machine_files(config, split_boot_name(b)[1])]
+        metafunc.parametrize(["wd_kernel", "guest_file"], pairs, ids=[f"{_boot_id(b)}-{f.name}" for b, f in pairs],
+                             indirect=["wd_kernel"])  # fmt: skip
+    elif "wd_kernel" in metafunc.fixturenames:
+        bs = boots(config)
+        metafunc.parametrize("wd_kernel", bs, ids=[_boot_id(b) for b in bs], indirect=True, scope="session")
 
 
 @dataclass
@@ -103,6 +145,8 @@ class GuestRun:
     """One booted guest: its output folder read back, and what it was asked to run."""
 
     kernel: str
+    machine: machine.Machine
+    modules: tuple[str, ...]  # ours, in load order
     evidence: verdict.Evidence
     files: list[Path]
     rootdir: Path
@@ -131,7 +175,8 @@ def say(config: pytest.Config, msg: str) -> None:
         print(f"\n[wd] {msg}", flush=True)
 
 
-def boot_and_run(kernel_spec: str, files: list[Path], config: pytest.Config) -> GuestRun:
+def boot_and_run(kernel_spec: str, files: list[Path], config: pytest.Config,
+                 m: machine.Machine = machine.DEFAULT) -> GuestRun:  # fmt: skip
     target = build.resolve_target(kernel_spec)
     if target.image is None:
         pytest.fail(f"{kernel_spec}: no bootable image (build the kernel tree first)", pytrace=False)
@@ -145,18 +190,19 @@ def boot_and_run(kernel_spec: str, files: list[Path], config: pytest.Config) -> 
     runner = guest_runner.host_command(sys.executable, outdir, files, test_timeout=per_test,
                                        run_timeout=max(60.0, total - 120.0), timeout_scale=scale,
                                        keyword=keyword, durations=durations)  # fmt: skip
-    guest = vm.Guest(target.name, target.image, target.build_dir, vm.use_kvm(target.image))
-    say(config, f"{target.name}: {len(files)} guest file(s){f', -k {keyword!r}' if keyword else ''}")
+    guest = vm.Guest(target.name, target.image, target.build_dir, vm.use_kvm(target.image), machine=m)
+    name = boot_name(target.name, m)
+    say(config, f"{name}: {len(files)} guest file(s){f', -k {keyword!r}' if keyword else ''}")
     t0 = time.monotonic()
     vm.boot(guest, runner, outdir, timeout=total, watch=guest_runner.HangWatch(outdir / "report.jsonl"),
             log=lambda m: say(config, m))  # fmt: skip
     ev = verdict.Evidence.load(outdir)
-    run = GuestRun(target.name, ev, files, guest_runner.common_root([str(f) for f in files]), keyword,
+    run = GuestRun(name, m, guest.modules, ev, files, guest_runner.common_root([str(f) for f in files]), keyword,
                    time.monotonic() - t0)  # fmt: skip
     up = verdict.script_start(ev)
     say(
         config,
-        f"{target.name}: guest ran {run.elapsed:.1f}s wall; script started at {up} guest uptime;"
+        f"{name}: guest ran {run.elapsed:.1f}s wall; script started at {up} guest uptime;"
         f" in-guest pytest {(ev.runner or {}).get('duration', '?')}s; output in {outdir}",
     )
     return run
@@ -172,9 +218,10 @@ _RUNS: dict[str, GuestRun] = {}
 
 @pytest.fixture(scope="session")
 def guest_run(wd_kernel: str, request: pytest.FixtureRequest) -> GuestRun:
-    """The single guest of this kernel for this session (booted on first use)."""
+    """The single guest of this kernel and machine for this session (booted on first use)."""
     if wd_kernel not in _RUNS:
-        _RUNS[wd_kernel] = boot_and_run(wd_kernel, guest_test_files(request.config), request.config)
+        kernel, m = split_boot_name(wd_kernel)
+        _RUNS[wd_kernel] = boot_and_run(kernel, machine_files(request.config, m), request.config, m)
     return _RUNS[wd_kernel]
 
 

@@ -15,7 +15,6 @@ import verdict
 import vm
 
 GuestRun = Any  # conftest.GuestRun (a conftest module is not importable by name)
-RMMOD = tuple(reversed(vm.OUR_MODULES))
 
 
 def _fail(problems: list[str]) -> None:
@@ -25,10 +24,11 @@ def _fail(problems: list[str]) -> None:
 
 def test_guest_boots_with_modules(wd_kernel: str, guest_run: GuestRun) -> None:
     ev = guest_run.evidence
-    _fail([f"[{guest_run.kernel}] {p}" for p in verdict.boot_problems(ev, vm.STOCK_MODULES + vm.OUR_MODULES)])
+    _fail([f"[{guest_run.kernel}] {p}" for p in verdict.boot_problems(ev, vm.STOCK_MODULES + guest_run.modules)])
     env = (ev.start or {}).get("env", {})
     assert env.get("WD_MODULE_DIR"), "WD_MODULE_DIR not exported in the guest"
-    assert env.get("WD_KERNEL") == guest_run.kernel
+    assert env.get("WD_KERNEL") == guest_run.kernel.partition("@")[0]
+    assert env.get("WD_MACHINE") == guest_run.machine.name
 
 
 def _stopped(ev: verdict.Evidence, nodeid: str) -> str:
@@ -85,7 +85,7 @@ def test_guest_session(wd_kernel: str, guest_run: GuestRun) -> None:
     end-of-session checks passed."""
     ev = guest_run.evidence
     k = guest_run.kernel
-    problems = [f"[{k}] {p}" for p in verdict.session_problems(ev, RMMOD)]
+    problems = [f"[{k}] {p}" for p in verdict.session_problems(ev, tuple(reversed(guest_run.modules)))]
     if ev.runner and ev.runner.get("error"):
         problems.insert(0, f"[{k}] in-guest runner: {ev.runner['error']}")
     elif ev.timeout:

@@ -31,6 +31,12 @@ Paths, the public API first (one line each in the table and the plot):
 ``engine``
     the dummy engine's own rate on kernel buffers, no queue at all (its
     debugfs self-benchmark): the limit the queue path can approach.
+``dummy-copy`` / ``edu-dma-copy``
+    the device-DMA row: ``q.copy(b)`` of DMA_COPY_SIZE bytes on wd_dummy's
+    memcpy (CPU copies) and on wd_edu's (QEMU's edu device: DMA through a
+    4 KiB device buffer, 100 ms per DMA), each device preferred in turn by
+    its sysfs priority; measured when a wd_edu device is present (``nox -s
+    bench`` boots the edu-legacy machine), reported as a ratio, no target.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import sysfs
 from .afalg import AfAlgHash, AfAlgUnavailable
 from .crc import crc32c_sw
 from .queue import Queue
@@ -61,6 +68,10 @@ DEFAULT_CASES: tuple[tuple[str, int], ...] = (
 )
 BATCH = 64
 ALGOS = ("crc32c", "sha256", "zlib")  # the algorithms a case may name
+#: bytes of each copy in the device-DMA row (four fills of the edu device's buffer).
+DMA_COPY_SIZE = 16384
+#: the device-DMA row's paths: the driver whose memcpy each measures.
+DMA_COPY_PATHS = {"dummy-copy": "wd_dummy", "edu-dma-copy": "wd_edu"}
 #: the C benchmark program (userlib/libwd/wd_bench, `make -C userlib/libwd`).
 C_BENCH_ENV = "WD_C_BENCH"
 C_BENCH_DEFAULT = Path(__file__).resolve().parents[2] / "libwd" / "wd_bench"
@@ -260,7 +271,53 @@ def run(cfg: Config) -> list[Result]:
         finally:
             for c in cleanup:
                 c()
-    return results
+    return results + device_copy(cfg)
+
+
+def _memcpy_device(driver: str, root: Path = sysfs.SYSFS) -> sysfs.Device | None:
+    """The first device of `driver` offering a plain memcpy type."""
+    for d in sysfs.scan(root):
+        if any(t.algo_type == "memcpy" and not t.flags and t.name.startswith(driver + "-")
+               for t in d.types):
+            return d
+    return None
+
+
+def _set_priority(dev: sysfs.Device, value: int | str) -> None:
+    (dev.path / "priority").write_text(f"{value}\n")
+
+
+def device_copy(cfg: Config, root: Path = sysfs.SYSFS) -> list[Result]:
+    """The device-DMA row: q.copy() on each driver's memcpy, that device preferred
+    (priority 1) while its queue is opened; nothing when no wd_edu device is there."""
+    devs = {p: _memcpy_device(drv, root) for p, drv in DMA_COPY_PATHS.items()}
+    if not all(devs.values()):
+        _progress("  device-DMA row skipped: no wd_edu device (nox -s bench boots one)")
+        return []
+    data = os.urandom(DMA_COPY_SIZE)
+    results = {p: Result(p, "memcpy", DMA_COPY_SIZE) for p in devs}
+    queues: dict[str, Queue] = {}
+    try:
+        for p, dev in devs.items():
+            assert dev is not None
+            old = dev.priority if dev.priority is not None else 0
+            _set_priority(dev, 1)
+            try:
+                queues[p] = Queue(Capa("memcpy"), root)
+            finally:
+                _set_priority(dev, old)
+            if queues[p].parent != dev.name:
+                raise RuntimeError(f"{p}: a memcpy queue landed on {queues[p].parent}, "
+                                   f"not {dev.name}")
+        for r in range(cfg.rounds):
+            _progress(f"memcpy {DMA_COPY_SIZE} B by device: round {r + 1}/{cfg.rounds}")
+            for p, q in queues.items():
+                results[p].rounds.append(ops_per_second(lambda q=q: (q.copy(data), 1)[1],  # type: ignore[misc]
+                                                        cfg.seconds))
+    finally:
+        for q in queues.values():
+            q.close()
+    return list(results.values())
 
 
 def find(results: Iterable[Result], path: str, algo: str, size: int) -> Result | None:
@@ -308,12 +365,17 @@ def ratios(results: list[Result]) -> list[Ratio]:
         med("engine", "zlib", 262144), 0.9)
     add("zlib 256 KiB C wd_do_xfer deflate / engine", med("c-call", "zlib", 262144),
         med("engine", "zlib", 262144), 0.9)
+    edu = med("edu-dma-copy", "memcpy", DMA_COPY_SIZE)
+    dummy = med("dummy-copy", "memcpy", DMA_COPY_SIZE)
+    if edu and dummy:  # a figure, not a target: QEMU's edu takes 100 ms per DMA
+        out.append(Ratio(f"memcpy {_size(DMA_COPY_SIZE)} edu DMA q.copy() / wd_dummy",
+                         edu / dummy, "", True))
     return out
 
 
 #: column order of the table: the public API first, prepared batches last.
 COLUMNS = ("py-call", f"py-many-b{BATCH}", "py-decompress", "c-sync", "c-call", "afalg", "cpu",
-           "cpu-pure-python", "engine", f"prepared-b{BATCH}")
+           "cpu-pure-python", "engine", f"prepared-b{BATCH}", *DMA_COPY_PATHS)
 
 
 def table(results: list[Result]) -> str:
@@ -344,9 +406,14 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _verdict(r: Ratio) -> str:
+    if not r.target:
+        return "(a figure, no target)"
+    return f"target {r.target:7} {'met' if r.met else 'MISSED'}"
+
+
 def ratio_table(rs: list[Ratio]) -> str:
-    return "\n".join(f"{r.name:55} {r.value:8.2f}  target {r.target:7} "
-                     f"{'met' if r.met else 'MISSED'}" for r in rs)
+    return "\n".join(f"{r.name:55} {r.value:8.3g}  {_verdict(r)}" for r in rs)
 
 
 def write_json(path: Path, results: list[Result], rs: list[Ratio], cfg: Config) -> None:
