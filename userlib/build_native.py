@@ -178,6 +178,8 @@ int wd_sha256_init(struct wd_queue *q, struct wd_stream *s);
 int wd_sha256_update(struct wd_stream *s, const void *data, size_t len);
 int wd_sha256_digest(struct wd_stream *s, __u8 *digest);
 int wd_sha256_final(struct wd_stream *s, __u8 *digest);
+int wd_sha256_space(struct wd_stream *s, void **buf, size_t *room);
+int wd_sha256_filled(struct wd_stream *s, size_t n);
 int wd_crc32c_update(struct wd_queue *q, __u32 *crc, const void *data, size_t len);
 __u32 wd_crc32c_combine(__u32 crc1, __u32 crc2, __u64 len2);
 int wd_deflate_init(struct wd_queue *q, struct wd_stream *s, int level);

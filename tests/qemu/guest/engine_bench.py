@@ -11,6 +11,9 @@ an emulated guest are only good side by side).
   python tests/qemu/guest/engine_bench.py stream
       sha256 of 256 MiB and deflate of 64 MiB through chained requests,
       against one-shot requests and the engine's own rate (debugfs selfbench).
+  python tests/qemu/guest/engine_bench.py userstream
+      the same through the userlib's objects (wrapdrive.sha256, compressobj)
+      reading a file, against the engine's own rate in the same boot.
 
 The ring is driven by a small C probe compiled here against kernel/uapi/wrapdrive.h.
 """
@@ -509,6 +512,80 @@ def stream(args):
         print(f"  {k:>28}: {m / 2**20:8.1f} MiB/s  {m / engine:5.2f}x engine  (runs {len(v)})")
 
 
+def userstream(args):
+    """The userlib's streaming objects on a file (read in pieces, as the CLI
+    does) against the engine's own rate (selfbench) in the same boot."""
+    sys.path.insert(0, os.path.join(os.getcwd(), "userlib", "src"))
+    import hashlib
+
+    import wrapdrive
+    from wrapdrive.chunks import read_pieces
+    from wrapdrive.shared import close_shared
+
+    MAX = kv.WD_MAX_LEN
+    piece = 1 << 20
+    unit = os.urandom(piece // 2) + b"w" * (piece // 2)  # selfbench's kind of data
+    path = os.path.join(tempfile.mkdtemp(), "stream.bin")
+
+    def make(mib):
+        with open(path, "wb") as f:
+            for _ in range(mib):
+                f.write(unit)
+        return mib << 20
+
+    def through(total, fn):
+        t0 = time.monotonic()
+        with open(path, "rb") as f:
+            for p in read_pieces(f):
+                fn(p)
+        return total / (time.monotonic() - t0)
+
+    def report(title, rates):
+        engine = statistics.median(rates["engine (selfbench)"])
+        print(title)
+        for k, v in rates.items():
+            m = statistics.median(v)
+            print(f"  {k:>34}: {m / 2**20:8.1f} MiB/s  {m / engine:5.2f}x engine  (runs {len(v)})")
+
+    total = make(args.sha_mib)
+    rates = {}
+    for _ in range(args.rounds):
+        h = wrapdrive.sha256()
+        rates.setdefault("wrapdrive.sha256 (file, 8 MiB reads)", []).append(
+            through(total, h.update))
+        h.close()
+        h = wrapdrive.sha256()
+        t0 = time.monotonic()
+        with open(path, "rb") as f:
+            while h.update_from(f):
+                pass
+        rates.setdefault("wd.sha256.update_from (wrapdrive run)", []).append(
+            total / (time.monotonic() - t0))
+        h.close()
+        t0 = time.monotonic()
+        with open(path, "rb") as f:
+            hashlib.file_digest(f, wrapdrive.sha256)
+        rates.setdefault("hashlib.file_digest(f, wd.sha256)", []).append(
+            total / (time.monotonic() - t0))
+        rates.setdefault("engine (selfbench)", []).append(
+            total / selfbench("sha256", MAX, total // MAX))
+    report(f"sha256 of a {args.sha_mib} MiB file:", rates)
+
+    total = make(args.zlib_mib)
+    rates = {}
+    for _ in range(args.rounds):
+        c = wrapdrive.compressobj()
+        rates.setdefault("wrapdrive.compressobj (file)", []).append(
+            through(total, c.compress))
+        c.flush()
+        rates.setdefault("engine (selfbench, 1 MiB pieces)", []).append(
+            total / selfbench("zlib", piece, total // piece))
+        rates["engine (selfbench)"] = rates["engine (selfbench, 1 MiB pieces)"]
+    report(f"deflate of a {args.zlib_mib} MiB file:", rates)
+    close_shared()
+    os.unlink(path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -526,8 +603,13 @@ def main():
     c.add_argument("--sha-mib", type=int, default=256)
     c.add_argument("--zlib-mib", type=int, default=64)
     c.add_argument("--rounds", type=int, default=3)
+    d = sub.add_parser("userstream")
+    d.add_argument("--sha-mib", type=int, default=256)
+    d.add_argument("--zlib-mib", type=int, default=64)
+    d.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    {"latency": latency, "placement": placement, "stream": stream}[args.cmd](args)
+    {"latency": latency, "placement": placement, "stream": stream,
+     "userstream": userstream}[args.cmd](args)
 
 
 if __name__ == "__main__":

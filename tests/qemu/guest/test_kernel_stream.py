@@ -238,7 +238,8 @@ def inflate_chain(zq, ps, slot=0):
 
 @pytest.mark.parametrize("size,level,cap,tail", [
     (0, 6, 16, b""), (1, 1, 1, b"x"), (5000, 9, 333, b"trailing"),
-    (300000, 6, 4096, b""), (4 << 20, 1, 1 << 20, b"\x78\x9c")])
+    (300000, 6, 4096, b""), (4 << 20, 1, 1 << 20, b"\x78\x9c")],
+    ids=["0", "1-x", "5000-trailing", "300000", "4MiB-zlibheader"])
 def test_inflate_any_split_gives_the_input(size, level, cap, tail):
     rng = random.Random(size + 7)
     data = compressible(size, size + 1)

@@ -140,12 +140,17 @@ def test_run_sha256_names_and_errors_as_sha256sum(tmp_path: Path) -> None:
 
 
 def test_run_shows_progress_on_a_terminal(tmp_path: Path) -> None:
+    import fcntl
     import pty
     import select
+    import struct
+    import termios
     f = tmp_path / "big.bin"
     with open(f, "wb") as out:
         out.truncate(40 << 20)  # sparse: long work, little disk
     leader, follower = pty.openpty()
+    # a terminal of 80 columns: on one of 0 (a fresh pty's size) tqdm draws nothing
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     err = b""
     try:
         p = subprocess.Popen([sys.executable, "-m", "wrapdrive", "run", "sha256", str(f)],

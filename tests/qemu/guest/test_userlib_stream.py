@@ -19,6 +19,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -137,6 +138,21 @@ def test_sha256_speaks_hashlibs_protocol() -> None:
     h.close()
     with pytest.raises(wrapdrive.StreamClosedError):
         h.update(b"x")
+
+
+def test_sha256_reads_files_into_staging_memory(tmp_path: Path) -> None:
+    data = blob(2 * PIECE + 99)
+    f = tmp_path / "f.bin"
+    f.write_bytes(data)
+    h = wrapdrive.sha256(b"head")
+    total = 0
+    with open(f, "rb") as src:
+        while n := h.update_from(src):
+            assert 0 < n <= PIECE
+            total += n
+    assert total == len(data)
+    assert h.digest() == hashlib.sha256(b"head" + data).digest()
+    assert h.update_from(io.BytesIO(b"")) == 0
 
 
 def test_sha256_on_a_queue_of_ones_own() -> None:

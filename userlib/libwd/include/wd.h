@@ -303,6 +303,15 @@ int wd_sha256_update(struct wd_stream *s, const void *data, size_t len);
 int wd_sha256_digest(struct wd_stream *s, __u8 digest[WD_SHA256_DIGEST_LEN]);
 /* The digest, then wd_stream_release. */
 int wd_sha256_final(struct wd_stream *s, __u8 digest[WD_SHA256_DIGEST_LEN]);
+/*
+ * wd_sha256_update without the copy: wd_sha256_space gives the free part
+ * of the staging buffer being filled (*room > 0 bytes at *buf), the caller
+ * writes data there (read(2) straight into it, say) and wd_sha256_filled
+ * says how much, which hashes it after what came before.  Nothing else may
+ * be called on the stream in between.
+ */
+int wd_sha256_space(struct wd_stream *s, void **buf, size_t *room);
+int wd_sha256_filled(struct wd_stream *s, size_t n);
 
 /* *crc = CRC-32C of data, continuing from *crc (0 to start), any len. */
 int wd_crc32c_update(struct wd_queue *q, __u32 *crc, const void *data, size_t len);

@@ -385,6 +385,44 @@ int wd_sha256_update(struct wd_stream *s, const void *data, size_t len)
 	return 0;
 }
 
+int wd_sha256_space(struct wd_stream *s, void **buf, size_t *room)
+{
+	struct wd_piece *pc;
+	int ret = stream_check(s, WD_OP_SHA256);
+
+	if (ret)
+		return ret;
+	if (!buf || !room)
+		return wd_fail(-EINVAL, "wd_sha256_space: NULL argument");
+	pc = &s->priv->piece[s->priv->cur];
+	ret = piece_buf(s->q, pc);
+	if (ret)
+		return stream_fail(s, ret);
+	*buf = pc->buf + pc->fill;
+	*room = WD_STREAM_PIECE - pc->fill;	/* never 0: a full piece is sent at once */
+	return 0;
+}
+
+int wd_sha256_filled(struct wd_stream *s, size_t n)
+{
+	struct wd_piece *pc;
+	int ret = stream_check(s, WD_OP_SHA256);
+
+	if (ret)
+		return ret;
+	pc = &s->priv->piece[s->priv->cur];
+	if (!pc->buf || n > WD_STREAM_PIECE - pc->fill)
+		return wd_fail(-EINVAL, "wd_sha256_filled: %zu bytes is more than "
+			       "wd_sha256_space gave", n);
+	pc->fill += n;
+	if (pc->fill == WD_STREAM_PIECE) {
+		ret = sha256_push(s);
+		if (ret)
+			return stream_fail(s, ret);
+	}
+	return 0;
+}
+
 int wd_sha256_digest(struct wd_stream *s, __u8 digest[WD_SHA256_DIGEST_LEN])
 {
 	struct wd_stream_priv *pr;

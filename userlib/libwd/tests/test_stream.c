@@ -157,6 +157,49 @@ static void test_sha256(void)
 	wd_release_queue(&q);
 }
 
+/* wd_sha256_space/_filled: the caller writes into the staging memory. */
+static void test_sha256_in_place(void)
+{
+	size_t sizes[] = { 0, 1, PIECE, 2 * PIECE + 65, WD_MAX_LEN + 1 }, i;
+	unsigned char want[32], got[32];
+	struct wd_queue q;
+
+	open_queue(&q, "sha256");
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		struct wd_stream s = { 0 };
+		size_t off = 0;
+		int ok = 1;
+
+		CHECK(afalg("sha256", data, sizes[i], want, 32) == 0);
+		CHECK(wd_sha256_init(&q, &s) == 0);
+		while (off < sizes[i]) {
+			size_t room = 0, n = cut(sizes[i] - off);
+			void *buf = NULL;
+
+			ok &= wd_sha256_space(&s, &buf, &room) == 0 && room > 0;
+			if (n > room)
+				n = room;
+			memcpy(buf, data + off, n);
+			ok &= wd_sha256_filled(&s, n) == 0;
+			off += n;
+		}
+		CHECK(ok);
+		CHECK(wd_sha256_final(&s, got) == 0);
+		CHECK(!memcmp(got, want, 32));
+	}
+	{
+		struct wd_stream s = { 0 };
+		size_t room;
+		void *buf;
+
+		CHECK(wd_sha256_init(&q, &s) == 0);
+		CHECK(wd_sha256_space(&s, &buf, &room) == 0 && room == PIECE);
+		CHECK(wd_sha256_filled(&s, room + 1) == -EINVAL);
+		wd_stream_release(&s);
+	}
+	wd_release_queue(&q);
+}
+
 static void test_crc32c(void)
 {
 	static const size_t sizes[] = { 0, 1, 4097, PIECE + 1, 2 * PIECE, WD_MAX_LEN + 1, BIG };
@@ -394,6 +437,8 @@ int main(int argc, char **argv)
 
 		if (!only || !strcmp(only, "sha256"))
 			test_sha256();
+		if (!only || !strcmp(only, "sha256"))
+			test_sha256_in_place();
 		if (!only || !strcmp(only, "crc32c"))
 			test_crc32c();
 		if (!only || !strcmp(only, "deflate"))

@@ -10,7 +10,13 @@ reused buffer, so a file of any size costs constant memory.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Protocol
+
+
+class Readable(Protocol):
+    """A binary file: what ``read_pieces`` and ``sha256.update_from`` read."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 #: bytes read at a time from a file: a few stream pieces, so the device
 #: always has the next piece waiting.
@@ -45,13 +51,13 @@ def pieces(view: memoryview, size: int) -> Iterator[memoryview]:
         yield view[off:off + size]
 
 
-def read_pieces(f: BinaryIO, size: int = READ_SIZE) -> Iterator[memoryview]:
+def read_pieces(f: Readable, size: int = READ_SIZE) -> Iterator[memoryview]:
     """What ``f`` holds, in pieces of up to ``size`` bytes read into one
     buffer that is reused: each piece is valid until the next is read."""
     buf = bytearray(size)
     view = memoryview(buf)
     while True:
-        n = f.readinto(view)  # type: ignore[attr-defined]
+        n = f.readinto(view)
         if not n:
             return
         yield view[:n]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import io
 import json
 import os
 import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from tqdm import tqdm
 
@@ -156,10 +157,10 @@ class Progress:
             self.bar.close()
 
 
-def _open_input(path: str) -> BinaryIO:
+def _open_input(path: str) -> io.BufferedIOBase:
     """The file to read (standard input for ``-``); OSError if it cannot be."""
     if path == STDIN:
-        return sys.stdin.buffer
+        return cast(io.BufferedIOBase, sys.stdin.buffer)
     f = open(path, "rb")  # noqa: SIM115 - closed by the caller
     if stat.S_ISDIR(os.fstat(f.fileno()).st_mode):
         f.close()
@@ -167,18 +168,17 @@ def _open_input(path: str) -> BinaryIO:
     return f
 
 
-def _sha256(f: BinaryIO, path: str, q: Queue, prog: Progress) -> str:
+def _sha256(f: io.BufferedIOBase, path: str, q: Queue, prog: Progress) -> str:
     h = wd_sha256(queue=q)
     try:
-        for piece in read_pieces(f):
-            h.update(piece)
-            prog.add(len(piece))
+        while n := h.update_from(f):  # read into the device's staging memory
+            prog.add(n)
         return h.hexdigest()
     finally:
         h.close()
 
 
-def _crc32c(f: BinaryIO, path: str, q: Queue, prog: Progress) -> str:
+def _crc32c(f: io.BufferedIOBase, path: str, q: Queue, prog: Progress) -> str:
     crc = 0
     for piece in read_pieces(f):
         crc = wd_crc32c(piece, crc, queue=q)
@@ -186,7 +186,7 @@ def _crc32c(f: BinaryIO, path: str, q: Queue, prog: Progress) -> str:
     return f"{crc:08x}"
 
 
-def _zlib(f: BinaryIO, path: str, q: Queue, prog: Progress) -> str:
+def _zlib(f: io.BufferedIOBase, path: str, q: Queue, prog: Progress) -> str:
     """FILE to FILE.z, or standard input to standard output."""
     c = compressobj(queue=q)
     n_in = n_out = 0
@@ -210,7 +210,7 @@ def _zlib(f: BinaryIO, path: str, q: Queue, prog: Progress) -> str:
     return f"{path} -> {path}.z ({n_in} -> {n_out} bytes)"
 
 
-RUNNERS: dict[str, Callable[[BinaryIO, str, Queue, Progress], str]] = {
+RUNNERS: dict[str, Callable[[io.BufferedIOBase, str, Queue, Progress], str]] = {
     "sha256": _sha256, "crc32c": _crc32c, "zlib": _zlib}
 
 
