@@ -75,8 +75,13 @@ void wd_set_last_status(int status)
 	last_status = status;
 }
 
-static int outcome(const struct wd_req *r, __u16 *status, const char *what)
+static int outcome(struct wd_queue *q, const struct wd_req *r, __u16 *status,
+		   const char *what)
 {
+	int dead = wd_death_of(q, r, what);
+
+	if (dead)
+		return dead;
 	if (status)
 		*status = r->status;
 	last_status = r->status;
@@ -103,7 +108,7 @@ int wd_do_crc32c(struct wd_queue *q, const void *src, size_t len, __u32 seed,
 		return ret;
 	if (crc)
 		*crc = r.result;
-	return outcome(&r, status, "crc32c");
+	return outcome(q, &r, status, "crc32c");
 }
 
 int wd_do_sha256(struct wd_queue *q, const void *src, size_t len,
@@ -126,7 +131,7 @@ int wd_do_sha256(struct wd_queue *q, const void *src, size_t len,
 	r.dst = io.out;
 	ret = wd_run(q, &r, -1);
 	io_done(q, &io, !ret && r.status == WD_STS_OK ? digest : NULL, WD_SHA256_DIGEST_LEN);
-	return ret ? ret : outcome(&r, status, "sha256");
+	return ret ? ret : outcome(q, &r, status, "sha256");
 }
 
 int wd_do_xfer(struct wd_queue *q, __u16 opcode, const void *src, size_t len,
@@ -161,7 +166,7 @@ int wd_do_xfer(struct wd_queue *q, __u16 opcode, const void *src, size_t len,
 	if (ret)
 		return ret;
 	*out_len = r.status == WD_STS_OK ? r.out_len : 0;
-	return outcome(&r, status, "request");
+	return outcome(q, &r, status, "request");
 }
 
 int wd_do_many(struct wd_queue *q, __u16 opcode, const void *src, const __u32 *lens, int n,

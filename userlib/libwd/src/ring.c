@@ -860,6 +860,29 @@ int wd_is_dead(struct wd_queue *q)
 	return !p || p->dead || (wd_load(&p->hdr->status) & DEAD_BITS);
 }
 
+/*
+ * A request completed WD_STS_ABORTED because its queue died is the queue's
+ * death to the caller, not a failed request.  The kernel posts the aborted
+ * completions while it stops the queue and writes WD_Q_DEAD right after,
+ * in the same call: give that store a moment (bounded) to arrive.
+ */
+int wd_death_of(struct wd_queue *q, const struct wd_req *r, const char *what)
+{
+	long deadline = now_ms() + 100;
+
+	if (r->status != WD_STS_ABORTED)
+		return 0;
+	do {
+		if (wd_is_dead(q)) {
+			q->priv->dead = 1;
+			return wd_fail(-ENODEV, "queue is dead: its device went away (%s aborted)",
+				       what);
+		}
+		wd_cpu_relax();
+	} while (now_ms() < deadline);
+	return 0;
+}
+
 /* Release: wait (bounded) for what is in flight so no DMA outlives the maps. */
 int wd_wait_drain(struct wd_queue *q, int timeout_ms)
 {

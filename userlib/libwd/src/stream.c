@@ -112,8 +112,12 @@ static void piece_free(struct wd_queue *q, struct wd_piece *pc)
 	pc->fill = 0;
 }
 
-static int status_error(const struct wd_req *r, const char *what)
+static int status_error(struct wd_queue *q, const struct wd_req *r, const char *what)
 {
+	int dead = wd_death_of(q, r, what);
+
+	if (dead)
+		return dead;
 	wd_set_last_status(r->status);
 	return wd_fail(-EIO, "%s failed on the device: status %u", what, r->status);
 }
@@ -143,7 +147,7 @@ static int piece_wait(struct wd_queue *q, struct wd_piece *pc, const char *what)
 	if (ret)
 		return ret;
 	if (pc->req.status != WD_STS_OK)
-		return status_error(&pc->req, what);
+		return status_error(q, &pc->req, what);
 	return 0;
 }
 
@@ -448,7 +452,7 @@ int wd_sha256_digest(struct wd_stream *s, __u8 digest[WD_SHA256_DIGEST_LEN])
 	}
 	ret = wd_run(s->q, &r, -1);
 	if (!ret && r.status != WD_STS_OK)
-		ret = status_error(&r, "sha256 digest");
+		ret = status_error(s->q, &r, "sha256 digest");
 	if (ret)
 		return stream_fail(s, ret);
 	memcpy(digest, pr->digest, WD_SHA256_DIGEST_LEN);
@@ -698,7 +702,7 @@ static int zpiece_run(struct wd_stream *s, __u16 flags, __u8 flush)
 
 		ret = wd_run(s->q, &r, -1);
 		if (!ret && r.status != WD_STS_OK)
-			ret = status_error(&r, s->opcode == WD_OP_DEFLATE ? "deflate" : "inflate");
+			ret = status_error(s->q, &r, s->opcode == WD_OP_DEFLATE ? "deflate" : "inflate");
 		if (!ret && (r.result > left || r.out_len > ZOUT_ROOM))
 			ret = broken("device used %u of %zu bytes, wrote %u of %u", r.result, left,
 				     r.out_len, ZOUT_ROOM);

@@ -102,6 +102,8 @@ int wd_fail(int ret, const char *fmt, ...) __attribute__((format(printf, 2, 3)))
 
 /* ops.c */
 void wd_set_last_status(int status);
+/* -ENODEV if @r was aborted because its queue died, else 0 (ring.c). */
+int wd_death_of(struct wd_queue *q, const struct wd_req *r, const char *what);
 
 /* ring.c */
 int wd_ring_init(struct wd_queue *q);

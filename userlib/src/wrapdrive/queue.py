@@ -305,7 +305,7 @@ class Queue:
         if ret:
             raise _timeout_error(ret, "wd_run")
         if req.c.status != abi.WD_STS_OK:
-            raise RequestFailedError(int(req.c.status), f"{self.algo_type} request")
+            raise self._failed(req, f"{self.algo_type} request")
         return req
 
     # -- asyncio -----------------------------------------------------------------------
@@ -358,8 +358,15 @@ class Queue:
                     raise QueueDeadError()
                 await self._wait_async()
         if req.status != abi.WD_STS_OK:
-            raise RequestFailedError(req.status, f"{self.algo_type} request")
+            raise self._failed(req, f"{self.algo_type} request")
         return req
+
+    def _failed(self, req: Request, what: str) -> WrapDriveError:
+        """A request that came back with a bad status; one the kernel aborted because
+        the queue died is the queue's death (libwd's outcome does the same)."""
+        if req.status == abi.WD_STS_ABORTED and self.dead:
+            return QueueDeadError(f"{what}: aborted, the queue is dead: its device went away")
+        return RequestFailedError(req.status, what)
 
     # -- memory --------------------------------------------------------------------------
     def share(self, addr: int, size: int, flags: int = 0) -> None:
