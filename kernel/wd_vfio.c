@@ -191,7 +191,11 @@ static void wd_zap_doorbell(struct wd_queue *q, struct mm_struct *mm)
 	VMA_ITERATOR(vmi, mm, 0);
 	struct vm_area_struct *vma;
 
-	mmap_assert_locked(mm);
+	/*
+	 * Not mmap_assert_locked(): under CONFIG_DEBUG_VM it calls dump_mm(),
+	 * which 6.1 does not export: the module would not link.
+	 */
+	lockdep_assert_held(&mm->mmap_lock);
 	lockdep_assert_held(&q->map_lock);
 	for_each_vma(vmi, vma) {
 		if (vma->vm_ops == &wd_vm_ops && vma->vm_private_data == q &&
