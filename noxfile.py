@@ -36,6 +36,24 @@ def _run(session: nox.Session, *args: str, limit: int = LIMIT, **env: str) -> No
     session.run("timeout", "--kill-after=30", str(limit), *args, external=True, env=env or None)
 
 
+# What wrapdrive._native (libwd bound with cffi, built by `pip install -e userlib`) is made of.
+USERLIB = REPO / "userlib"
+NATIVE_SOURCES = (USERLIB / "build_native.py", USERLIB / "setup.py", REPO / "kernel" / "uapi" / "wrapdrive.h")
+NATIVE_GLOBS = ("libwd/src/*.[ch]", "libwd/include/*.h")
+
+
+def _native_current(session: nox.Session) -> None:
+    """Rebuild the extension when libwd or the uapi header changed since it was built, so
+    that tests run what the tree holds (the venv's stamp only follows the requirements)."""
+    built = list((USERLIB / "src" / "wrapdrive").glob("_native*.so"))
+    sources = [*NATIVE_SOURCES, *(p for g in NATIVE_GLOBS for p in USERLIB.glob(g))]
+    newest = max(p.stat().st_mtime for p in sources)
+    if built and min(p.stat().st_mtime for p in built) >= newest:
+        return
+    session.log("libwd changed since wrapdrive._native was built: rebuilding it")
+    _run(session, PY, "-m", "pip", "install", "-q", "--no-deps", "-e", str(USERLIB))
+
+
 @nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
     """ruff; mypy --strict on userlib/src and tools; checkpatch --strict and sparse on kernel/.
@@ -59,6 +77,7 @@ def lint(session: nox.Session) -> None:
 def unit(session: nox.Session) -> None:
     """Host tests (no VM): userlib on a fake sysfs, the ABI mirror, the tools, and the
     harness's verdicts re-judged on recorded guest output (tests/host/data/guest)."""
+    _native_current(session)
     _run(session, PY, "-m", "pytest", "tests/host", "-q", "-rfE", f"--durations={DURATIONS}", *session.posargs)
 
 
@@ -89,6 +108,7 @@ QUICK_PROOF = {"WD_FUZZ_INPUTS": "150", "WD_LOAD_SECONDS": "20", "WD_LOAD_KILLS"
 def _vm(session: nox.Session, kernel: str, *options: str, env: dict[str, str] | None = None) -> None:
     """Extra arguments go to pytest; -k EXPR selects in-guest tests (forwarded into the guest)."""
     env = {k: v for k, v in (env or {}).items() if k not in os.environ}
+    _native_current(session)
     _run(session, PY, "-m", "pytest", "tests/qemu", "--kernel", kernel, "-rfE", "-v", f"--durations={DURATIONS}",
          *options, *session.posargs, limit=LIMIT_VM, **env)  # fmt: skip
 
@@ -136,6 +156,7 @@ def dkms(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """Build, boot 6.1, and have the dummy engine hash, checksum and compress a file."""
     kernel = os.environ.get("WD_DEMO_KERNEL", "6.1")
+    _native_current(session)
     _run(session, *BUILD, "run", "--kernel", kernel, "--build", "--", "python", "tools/demo.py")
 
 
