@@ -16,17 +16,7 @@
 #include <unistd.h>
 
 #include "wd.h"
-
-static int failures, checks;
-
-#define CHECK(cond) do { \
-	checks++; \
-	if (!(cond)) { \
-		failures++; \
-		fprintf(stderr, "%s:%d: %s: CHECK(%s) failed (%s)\n", __FILE__, __LINE__, \
-			__func__, #cond, wd_errmsg()); \
-	} \
-} while (0)
+#include "check.h"
 
 #define BIG	(16U << 20)
 
@@ -404,6 +394,6 @@ int main(void)
 	test_full_ring_and_sleeping();
 	test_threads();
 	test_provisioned();
-	printf("%d checks, %d failed\n", checks, failures);
+	CHECK_REPORT();
 	return failures ? 1 : 0;
 }

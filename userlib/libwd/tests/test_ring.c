@@ -16,18 +16,9 @@
 #include <unistd.h>
 
 #include "wd.h"
+#include "check.h"
 #include "wd_priv.h"
 
-static int failures, checks;
-
-#define CHECK(cond) do { \
-	checks++; \
-	if (!(cond)) { \
-		failures++; \
-		fprintf(stderr, "%s:%d: %s: CHECK(%s) failed (%s)\n", __FILE__, __LINE__, \
-			__func__, #cond, wd_errmsg()); \
-	} \
-} while (0)
 
 struct sim {
 	struct wd_doorbell *db;
@@ -537,6 +528,6 @@ int main(void)
 	test_disarm_when_completion_races();
 	test_threads();
 	test_bad_arguments();
-	printf("%d checks, %d failed\n", checks, failures);
+	CHECK_REPORT();
 	return failures ? 1 : 0;
 }

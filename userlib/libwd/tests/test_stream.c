@@ -17,17 +17,7 @@
 #include <zlib.h>
 
 #include "wd.h"
-
-static int failures, checks;
-
-#define CHECK(cond) do { \
-	checks++; \
-	if (!(cond)) { \
-		failures++; \
-		fprintf(stderr, "%s:%d: %s: CHECK(%s) failed (%s)\n", __FILE__, __LINE__, \
-			__func__, #cond, wd_errmsg()); \
-	} \
-} while (0)
+#include "check.h"
 
 #define PIECE	WD_STREAM_PIECE
 #define BIG	(3 * WD_MAX_LEN + 7)	/* the largest input below */
@@ -450,7 +440,7 @@ int main(int argc, char **argv)
 		if (argc == 1)
 			break;
 	}
-	printf("%d checks, %d failed\n", checks, failures);
+	CHECK_REPORT();
 	free(data);
 	free(text);
 	return failures ? 1 : 0;
