@@ -409,9 +409,10 @@ static void wd_edu_exec(struct wd_edu *edu, struct wd_edu_queue *eq,
 	cqe.status = sts;
 	if (!sts && desc->opcode == WD_OP_MEMCPY)
 		cqe.out_len = desc->src_len;
+	/* Counted before the user can see the completion (and read the count). */
+	atomic64_inc(&edu->requests);
 	wd_queue_post(eq->q, &cqe);
 	wd_queue_notify(eq->q);
-	atomic64_inc(&edu->requests);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -132,11 +132,12 @@ void wd_queue_post(struct wd_queue *q, const struct wd_cqe *cqe)
 		return;
 	memcpy(&q->cq[q->cq_tail & (q->entries - 1)], cqe, sizeof(*cqe));
 	q->cq_tail++;
-	/* The CQE is visible before the new tail: pairs with the user's rmb. */
-	smp_store_release(&q->hdr->cq_tail, q->cq_tail);
+	/* Counted before it is seen: whoever reaps it reads counts with it. */
 	atomic64_inc(&q->completed);
 	if (cqe->status != WD_STS_OK)
 		atomic64_inc(&q->errors);
+	/* The CQE is visible before the new tail: pairs with the user's rmb. */
+	smp_store_release(&q->hdr->cq_tail, q->cq_tail);
 }
 EXPORT_SYMBOL_GPL(wd_queue_post);
 
