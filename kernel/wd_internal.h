@@ -18,9 +18,11 @@
  *   mmap_lock of the owner  (taken to zap a driver-provided doorbell)
  *   wd_queue.map_lock
  *   wd_queue.pin_lock       also taken by vfio type1's dma_unmap callback,
- *                           under type1's device_list_lock
+ *                           under type1's device_list_lock; a leaf: never
+ *                           held into type1 (see wd_mem.c)
  *   vfio type1 iommu->lock, then the owner's mm locks (inside
- *                           vfio_pin_pages() and vfio_dma_rw())
+ *                           vfio_pin_pages() and vfio_dma_rw(), called
+ *                           without pin_lock)
  *   wd_queue.irq_lock       (spinlock, interrupts off)
  */
 #ifndef _WD_INTERNAL_H
@@ -150,9 +152,13 @@ struct wd_mm_watch;
  *	handler inserts @db_pfn under it, a change of @db_pfn zaps the old
  *	PTEs under it.
  * @irq_lock: @trigger and @irq_masked.
- * @pin_lock: @pins, @nr_cached, @fences, @dma_maps, @dma_released; held across
- *	vfio_pin_pages() and the copy through a pinned page, so type1's
- *	dma_unmap callback (which takes it) never misses a pin.
+ * @pin_lock: @pins, @nr_cached, @fences, @nr_fences, @dma_maps (and each
+ *	map's @releasing), @dma_released, @unmap_epoch, @pins_in_flight and
+ *	the @unmap_* retry record.  Never held across a call into type1
+ *	(vfio_pin_pages(), vfio_unpin_pages(), vfio_dma_rw()): type1's
+ *	dma_unmap callback takes it under type1's device_list_lock, see
+ *	wd_mem.c.  Held across the copy through a cached page, so the
+ *	callback cannot unpin the page under the copy.
  * @mm_watch: the mmu notifier on the owner's mm (wd_vfio.c), shared by
  *	the queues of that mm; @mm_node is on its list under its own lock.
  */
@@ -197,14 +203,20 @@ struct wd_queue {
 	struct eventfd_ctx *trigger;
 	bool irq_masked;
 
-	struct mutex pin_lock;		/* pins, fences, dma_maps */
+	struct mutex pin_lock;		/* see above */
 	struct xarray pins;		/* iova pfn -> tagged struct page * */
 	unsigned long nr_cached;
 	struct wd_fence fences[WD_MAX_FENCES];
 	unsigned int nr_fences;
 	struct list_head dma_maps;
 	unsigned long dma_released;
-	wait_queue_head_t dma_wq;
+	unsigned long unmap_epoch;	/* unmap callbacks begun */
+	unsigned int pins_in_flight[2];	/* by unmap_epoch & 1 */
+	u64 unmap_first;		/* the last callback's range, ... */
+	u64 unmap_last;
+	unsigned long unmap_at;		/* ... when it came ... */
+	unsigned long unmap_ttl;	/* ... and its fence's life */
+	wait_queue_head_t dma_wq;	/* maps released, pins landed */
 	atomic64_t nr_pinned;
 
 	void *priv;

@@ -14,17 +14,24 @@
  *     -EFAULT for a device mapping (VM_PFNMAP, a queue's own regions among
  *     them), which vfio_dma_rw() would happily copy to.
  *
- * Unmap.  type1 calls wd_mem_dma_unmap() with its iommu->lock dropped and
- * then, with it retaken, expects no pin left in the range: it retries the
- * callback and BUG()s after 10 tries.  The callback therefore fences the
- * range before unpinning, and no new pin is taken in a fenced range: a copy
+ * Unmap.  type1 calls wd_mem_dma_unmap() with its device_list_lock held and
+ * its iommu->lock dropped and then, with iommu->lock retaken, expects no pin
+ * left in the range: it retries the callback and BUG()s after 10 tries.
+ * type1 itself takes iommu->lock then device_list_lock, so nothing here
+ * calls into type1 (pin or unpin) with the pin lock held: that would close
+ * the cycle pin_lock -> iommu->lock -> device_list_lock -> pin_lock.
+ * Instead a pin is announced under the pin lock (it counts as in flight,
+ * in the current unmap epoch) and taken outside it; the callback fences
+ * the range, starts a new epoch, empties the cache of the range and waits
+ * until the pins of the old epoch are gone or, for the cache, recorded
+ * where it can see them.  No new pin is taken in a fenced range: a copy
  * there goes through vfio_dma_rw() (which succeeds while the range is
- * mapped and fails once it is gone), a DMA map fails.  The pin lock is held
- * across each pin and the copy through it, so the callback never misses
- * one.  A fence only has to outlast the few instructions between the
- * callback and type1's removal of the range; it expires after
- * WD_FENCE_TTL.  Should one expire early, type1 retries once and the retry
- * fences again: the retry limit is never reached.
+ * mapped and fails once it is gone), a DMA map waits the fence out.
+ * A fence only has to outlast the few instructions between the callback
+ * and type1's removal of the range; it expires after WD_FENCE_TTL.  When
+ * one expires too early type1 retries, and each back-to-back retry for
+ * the same range doubles the fence's life (up to WD_FENCE_TTL_MAX), so a
+ * slow machine reaches a long enough fence well before type1's limit.
  *
  * Process VAs (WD_CAPA_SHARE_ALL) are reached with short-term FOLL_PIN
  * pins of the owner's mm, which refuse VM_PFNMAP and VM_IO mappings.
@@ -48,6 +55,8 @@
 #define WD_PIN_BATCH		32	/* pages pinned for one copy */
 #define WD_PIN_CACHE_MAX	4096	/* pages cached per queue */
 #define WD_FENCE_TTL		max_t(unsigned long, 2, HZ / 50)
+#define WD_FENCE_TTL_MAX	(HZ / 2)	/* after type1's retries */
+#define WD_RETRY_WINDOW		(2 * HZ)	/* a callback this soon retries */
 #define WD_FENCE_WAITS		4	/* fences a DMA map waits out, at most */
 #define WD_UNMAP_WARN_SECS	10
 
@@ -130,9 +139,10 @@ static unsigned long wd_fenced(struct wd_queue *q, u64 first, u64 last)
  * nearest fences merge: fencing more than asked only sends copies the slow
  * way for a few milliseconds.
  */
-static void wd_fence_add(struct wd_queue *q, u64 first, u64 last)
+static void wd_fence_add(struct wd_queue *q, u64 first, u64 last,
+			 unsigned long ttl)
 {
-	unsigned long expires = jiffies + WD_FENCE_TTL;
+	unsigned long expires = jiffies + ttl;
 	struct wd_fence *f = q->fences;
 	unsigned int i, best = 0;
 	u64 gap, best_gap = U64_MAX;
@@ -164,13 +174,43 @@ static void wd_fence_add(struct wd_queue *q, u64 first, u64 last)
 /* ---------------------------------------------------------------------- */
 /* IOVA pins */
 
+/*
+ * Announce a pin of [first, last] (pin lock held): -EAGAIN while a fence
+ * covers the range, else 0 with the pin counted in flight in epoch *@epoch
+ * until wd_pin_end().  The pin itself is taken with the pin lock dropped.
+ */
+static int wd_pin_begin(struct wd_queue *q, u64 first, u64 last,
+			unsigned long *epoch)
+{
+	lockdep_assert_held(&q->pin_lock);
+	if (wd_fenced(q, first, last))
+		return -EAGAIN;
+	*epoch = q->unmap_epoch;
+	q->pins_in_flight[*epoch & 1]++;
+	return 0;
+}
+
+/* The pin of @epoch is released or recorded (pin lock held). */
+static void wd_pin_end(struct wd_queue *q, unsigned long epoch)
+{
+	lockdep_assert_held(&q->pin_lock);
+	if (!--q->pins_in_flight[epoch & 1])
+		wake_up_all(&q->dma_wq);
+}
+
+/* Did an unmap callback start since @epoch began?  (pin lock held) */
+static bool wd_pin_stale(struct wd_queue *q, unsigned long epoch)
+{
+	lockdep_assert_held(&q->pin_lock);
+	return epoch != q->unmap_epoch;
+}
+
 /* Pin @npages at page-aligned @iova for @prot; 0 or a negative errno. */
 static int wd_pin(struct wd_queue *q, u64 iova, int npages, int prot,
 		  struct page **pages)
 {
 	int i, ret;
 
-	lockdep_assert_held(&q->pin_lock);
 	ret = vfio_pin_pages(&q->vdev, iova, npages, prot, pages);
 	if (ret != npages) {
 		if (ret > 0)
@@ -206,119 +246,160 @@ static void wd_unpin(struct wd_queue *q, u64 iova, unsigned long npages)
 	wd_pinned_add(q, -(long)npages);
 }
 
-/* Copy through pages pinned for this copy only (at most WD_PIN_BATCH). */
+/*
+ * Copy through pages pinned for this copy only (at most WD_PIN_BATCH);
+ * -EAGAIN when the range is fenced.
+ */
 static int wd_rw_transient(struct wd_queue *q, u64 iova, void *buf, size_t n,
 			   bool write)
 {
 	struct page *pages[WD_PIN_BATCH];
 	u64 first = iova & PAGE_MASK;
 	int npages = DIV_ROUND_UP(offset_in_page(iova) + n, PAGE_SIZE);
+	unsigned long epoch;
 	int ret;
 
-	ret = wd_pin(q, first, npages,
-		     write ? IOMMU_READ | IOMMU_WRITE : IOMMU_READ, pages);
+	mutex_lock(&q->pin_lock);
+	ret = wd_pin_begin(q, iova, iova + n - 1, &epoch);
+	mutex_unlock(&q->pin_lock);
 	if (ret)
 		return ret;
-	wd_copy_pages(pages, offset_in_page(iova), buf, n, write);
-	wd_unpin(q, first, npages);
-	return 0;
+	ret = wd_pin(q, first, npages,
+		     write ? IOMMU_READ | IOMMU_WRITE : IOMMU_READ, pages);
+	if (!ret) {
+		wd_copy_pages(pages, offset_in_page(iova), buf, n, write);
+		wd_unpin(q, first, npages);
+	}
+	mutex_lock(&q->pin_lock);
+	wd_pin_end(q, epoch);
+	mutex_unlock(&q->pin_lock);
+	return ret;
 }
 
 /*
- * The cached pin of the page at @iova, pinned now if the cache has room
- * (read-write if type1 allows, else read-only, tagged 1 when writable);
- * NULL when the cache is full.
+ * Pin the page at @idx for the cache: read-write if type1 allows, else
+ * read-only (tag 0) when only reading.  Pin lock dropped.
  */
-static struct page *wd_cached_page(struct wd_queue *q, u64 iova, bool write)
+static int wd_pin_for_cache(struct wd_queue *q, unsigned long idx, bool write,
+			    struct page **page, int *tag)
 {
-	unsigned long idx = iova >> PAGE_SHIFT;
-	struct page *page;
-	void *entry;
-	int ret, tag = 1;
+	u64 iova = (u64)idx << PAGE_SHIFT;
+	int ret;
 
-	entry = xa_load(&q->pins, idx);
-	if (entry) {
-		if (write && !xa_pointer_tag(entry))
-			return ERR_PTR(-EFAULT);
-		return xa_untag_pointer(entry);
-	}
-	if (q->nr_cached >= WD_PIN_CACHE_MAX ||
-	    atomic_long_read(&wd_cached_pages) >= wd_cache_limit)
-		return NULL;
-	ret = wd_pin(q, iova & PAGE_MASK, 1, IOMMU_READ | IOMMU_WRITE, &page);
+	*tag = 1;
+	ret = wd_pin(q, iova, 1, IOMMU_READ | IOMMU_WRITE, page);
 	if ((ret == -EFAULT || ret == -EPERM) && !write) {
-		tag = 0;
-		ret = wd_pin(q, iova & PAGE_MASK, 1, IOMMU_READ, &page);
+		*tag = 0;
+		ret = wd_pin(q, iova, 1, IOMMU_READ, page);
 	}
-	if (ret)
-		return ERR_PTR(ret);
-	ret = xa_err(xa_store(&q->pins, idx, xa_tag_pointer(page, tag),
-			      GFP_KERNEL));
-	if (ret) {
-		wd_unpin(q, iova & PAGE_MASK, 1);
-		return ERR_PTR(ret);
-	}
-	q->nr_cached++;
-	atomic_long_inc(&wd_cached_pages);
-	return page;
+	return ret;
 }
 
-static int wd_rw_cached(struct wd_queue *q, u64 iova, void *buf, size_t len,
+/*
+ * Copy @n bytes within the page at @iova through the pin cache, pinning
+ * the page into it if there is room; -EAGAIN when the range is fenced.
+ * A page pinned while an unmap callback ran is used once and unpinned:
+ * the callback could not see it in the cache.
+ */
+static int wd_rw_cached(struct wd_queue *q, u64 iova, void *buf, size_t n,
 			bool write)
 {
-	while (len) {
-		size_t off = offset_in_page(iova);
-		size_t n = min_t(size_t, len, PAGE_SIZE - off);
-		struct page *page = wd_cached_page(q, iova, write);
-		int ret;
+	unsigned long idx = iova >> PAGE_SHIFT, epoch;
+	size_t off = offset_in_page(iova);
+	struct page *page;
+	bool kept = false;
+	void *entry;
+	int ret, tag;
 
-		if (IS_ERR(page))
-			return PTR_ERR(page);
-		if (page) {
-			wd_copy_pages(&page, off, buf, n, write);
-		} else {
-			ret = wd_rw_transient(q, iova, buf, n, write);
-			if (ret)
-				return ret;
-		}
-		iova += n;
-		buf += n;
-		len -= n;
+	mutex_lock(&q->pin_lock);
+	if (wd_fenced(q, iova, iova + n - 1)) {
+		mutex_unlock(&q->pin_lock);
+		return -EAGAIN;
 	}
-	return 0;
+	entry = xa_load(&q->pins, idx);
+	if (entry) {
+		/* The cache's pin: the callback needs the pin lock to drop it. */
+		ret = write && !xa_pointer_tag(entry) ? -EFAULT : 0;
+		if (!ret) {
+			page = xa_untag_pointer(entry);
+			wd_copy_pages(&page, off, buf, n, write);
+		}
+		mutex_unlock(&q->pin_lock);
+		return ret;
+	}
+	if (q->nr_cached >= WD_PIN_CACHE_MAX ||
+	    atomic_long_read(&wd_cached_pages) >= wd_cache_limit) {
+		mutex_unlock(&q->pin_lock);
+		return wd_rw_transient(q, iova, buf, n, write);
+	}
+	ret = wd_pin_begin(q, iova, iova + n - 1, &epoch);
+	mutex_unlock(&q->pin_lock);
+	if (ret)
+		return ret;
+
+	ret = wd_pin_for_cache(q, idx, write, &page, &tag);
+	if (!ret)
+		wd_copy_pages(&page, off, buf, n, write);
+
+	mutex_lock(&q->pin_lock);
+	if (!ret && !wd_pin_stale(q, epoch) &&
+	    q->nr_cached < WD_PIN_CACHE_MAX &&
+	    !xa_insert(&q->pins, idx, xa_tag_pointer(page, tag), GFP_KERNEL)) {
+		q->nr_cached++;
+		atomic_long_inc(&wd_cached_pages);
+		kept = true;
+	}
+	if (!ret && !kept) {
+		/* Still in flight: the callback waits for this unpin. */
+		mutex_unlock(&q->pin_lock);
+		wd_unpin(q, iova & PAGE_MASK, 1);
+		mutex_lock(&q->pin_lock);
+	}
+	wd_pin_end(q, epoch);
+	mutex_unlock(&q->pin_lock);
+	return ret;
 }
 
+/*
+ * Drop the cache's pins in pages [first, last], one at a time: taken out
+ * of the cache under the pin lock, unpinned outside it.
+ */
 static void wd_uncache_range(struct wd_queue *q, unsigned long first,
 			     unsigned long last)
 {
-	unsigned long idx;
+	unsigned long idx = first;
 	void *entry;
 
-	lockdep_assert_held(&q->pin_lock);
-	xa_for_each_range(&q->pins, idx, entry, first, last) {
+	for (;;) {
+		mutex_lock(&q->pin_lock);
+		entry = xa_find(&q->pins, &idx, last, XA_PRESENT);
+		if (entry) {
+			xa_erase(&q->pins, idx);
+			q->nr_cached--;
+			atomic_long_dec(&wd_cached_pages);
+		}
+		mutex_unlock(&q->pin_lock);
+		if (!entry)
+			return;
 		wd_unpin(q, (u64)idx << PAGE_SHIFT, 1);
-		xa_erase(&q->pins, idx);
-		q->nr_cached--;
-		atomic_long_dec(&wd_cached_pages);
+		cond_resched();
 	}
 }
 
 static int wd_iova_rw(struct wd_queue *q, u64 iova, void *buf, size_t len,
 		      bool write)
 {
+	/* The cache goes a page at a time, a transient pin a batch. */
+	size_t step = q->cache_pins ? PAGE_SIZE : WD_PIN_BATCH * PAGE_SIZE;
+
 	while (len) {
-		size_t n = min_t(size_t, len,
-				 WD_PIN_BATCH * PAGE_SIZE - offset_in_page(iova));
+		size_t n = min_t(size_t, len, step - offset_in_page(iova));
 		int ret;
 
-		mutex_lock(&q->pin_lock);
-		if (wd_fenced(q, iova, iova + n - 1))
-			ret = -EAGAIN;
-		else if (q->cache_pins)
+		if (q->cache_pins)
 			ret = wd_rw_cached(q, iova, buf, n, write);
 		else
 			ret = wd_rw_transient(q, iova, buf, n, write);
-		mutex_unlock(&q->pin_lock);
 		/*
 		 * Being unmapped, or over RLIMIT_MEMLOCK: copy without a pin.
 		 * Not for -EFAULT, see the top of this file.
@@ -442,7 +523,6 @@ static int wd_dma_pin_iova(struct wd_queue *q, struct wd_dma_map *map)
 	unsigned int done, n;
 	int ret;
 
-	lockdep_assert_held(&q->pin_lock);
 	for (done = 0; done < map->npages; done += n) {
 		n = min_t(unsigned int, map->npages - done,
 			  VFIO_PIN_PAGES_MAX_ENTRIES);
@@ -495,21 +575,72 @@ static void wd_dma_unpin(struct wd_queue *q, struct wd_dma_map *map)
 	}
 }
 
-/* Unmap for the device, unpin, take off the list (pin lock held). */
-static void wd_dma_map_release(struct wd_queue *q, struct wd_dma_map *map)
+/* Pin @map and map it for the device; pin lock dropped. */
+static int wd_dma_map_pages(struct wd_queue *q, struct wd_dma_map *map)
 {
-	lockdep_assert_held(&q->pin_lock);
+	struct device *dev = q->accel->dev;
+	int ret;
+
+	ret = map->iova ? wd_dma_pin_iova(q, map) : wd_dma_pin_sva(q, map);
+	if (ret)
+		return ret;
+	/* Segments no longer than the device takes (64 KiB by default). */
+	ret = sg_alloc_table_from_pages_segment(&map->sgt, map->pages,
+						map->npages,
+						offset_in_page(map->addr),
+						map->len,
+						dma_get_max_seg_size(dev),
+						GFP_KERNEL);
+	if (ret)
+		goto err_unpin;
+	ret = dma_map_sgtable(dev, &map->sgt, map->dir, 0);
+	if (ret)
+		goto err_sg;
+	return 0;
+
+err_sg:
+	sg_free_table(&map->sgt);
+err_unpin:
+	wd_dma_unpin(q, map);
+	return ret;
+}
+
+static void wd_dma_unmap_pages(struct wd_queue *q, struct wd_dma_map *map)
+{
 	dma_unmap_sgtable(q->accel->dev, &map->sgt, map->dir, 0);
 	sg_free_table(&map->sgt);
 	wd_dma_unpin(q, map);
-	list_del_init(&map->node);
-	q->dma_released++;
+}
+
+/*
+ * Announce the pin of an IOVA map (pin lock held).  A DMA map cannot copy
+ * its way around a fence: it waits it out (a few milliseconds), at most
+ * WD_FENCE_WAITS times, then pins whatever is mapped there by then.
+ */
+static int wd_dma_pin_begin(struct wd_queue *q, struct wd_dma_map *map,
+			    unsigned long *epoch)
+{
+	u64 last = map->addr + map->len - 1;
+	unsigned int tries;
+
+	lockdep_assert_held(&q->pin_lock);
+	for (tries = 0; wd_pin_begin(q, map->addr, last, epoch); tries++) {
+		unsigned long wait = wd_fenced(q, map->addr, last);
+
+		if (tries == WD_FENCE_WAITS)
+			return -EFAULT;
+		mutex_unlock(&q->pin_lock);
+		schedule_timeout_uninterruptible(wait);
+		mutex_lock(&q->pin_lock);
+	}
+	return 0;
 }
 
 struct wd_dma_map *wd_queue_dma_map(struct wd_queue *q, u64 addr, u32 len,
 				    enum dma_data_direction dir)
 {
 	struct wd_dma_map *map;
+	unsigned long epoch = 0;
 	unsigned int tries;
 	int ret;
 
@@ -535,48 +666,40 @@ struct wd_dma_map *wd_queue_dma_map(struct wd_queue *q, u64 addr, u32 len,
 	}
 
 	/*
-	 * Pinned, mapped and listed in one go: the unmap callback sees all.
-	 * A DMA map cannot copy its way around a fence: it waits it out (a
-	 * few milliseconds), then pins whatever is mapped there by then.
+	 * An IOVA map is in flight from its announcement until it is listed,
+	 * where the unmap callback sees it.  If a callback ran meanwhile, it
+	 * may have missed the map: undo it and start again.
 	 */
-	mutex_lock(&q->pin_lock);
-	for (tries = 0; map->iova; tries++) {
-		unsigned long wait = wd_fenced(q, addr, addr + len - 1);
+	for (tries = 0;; tries++) {
+		bool stale;
 
-		if (!wait)
-			break;
-		if (tries == WD_FENCE_WAITS) {
-			ret = -EFAULT;
-			goto err_unlock;
-		}
-		mutex_unlock(&q->pin_lock);
-		schedule_timeout_uninterruptible(wait);
 		mutex_lock(&q->pin_lock);
+		ret = map->iova ? wd_dma_pin_begin(q, map, &epoch) : 0;
+		mutex_unlock(&q->pin_lock);
+		if (ret)
+			goto err_pages;
+		ret = wd_dma_map_pages(q, map);
+		mutex_lock(&q->pin_lock);
+		stale = map->iova && wd_pin_stale(q, epoch);
+		if (!ret && !stale)
+			list_add_tail(&map->node, &q->dma_maps);
+		if (!ret && stale) {
+			mutex_unlock(&q->pin_lock);
+			wd_dma_unmap_pages(q, map);
+			mutex_lock(&q->pin_lock);
+			if (tries == WD_FENCE_WAITS)
+				ret = -EFAULT;
+		}
+		if (map->iova)
+			wd_pin_end(q, epoch);
+		mutex_unlock(&q->pin_lock);
+		if (ret)
+			goto err_pages;
+		if (!stale)
+			return map;
 	}
-	ret = map->iova ? wd_dma_pin_iova(q, map) : wd_dma_pin_sva(q, map);
-	if (ret)
-		goto err_unlock;
-	/* Segments no longer than the device takes (64 KiB by default). */
-	ret = sg_alloc_table_from_pages_segment(&map->sgt, map->pages,
-						map->npages,
-						offset_in_page(addr), len,
-						dma_get_max_seg_size(q->accel->dev),
-						GFP_KERNEL);
-	if (ret)
-		goto err_unpin;
-	ret = dma_map_sgtable(q->accel->dev, &map->sgt, dir, 0);
-	if (ret)
-		goto err_sg;
-	list_add_tail(&map->node, &q->dma_maps);
-	mutex_unlock(&q->pin_lock);
-	return map;
 
-err_sg:
-	sg_free_table(&map->sgt);
-err_unpin:
-	wd_dma_unpin(q, map);
-err_unlock:
-	mutex_unlock(&q->pin_lock);
+err_pages:
 	kvfree(map->pages);
 err_free:
 	kfree(map);
@@ -584,16 +707,36 @@ err_free:
 }
 EXPORT_SYMBOL_GPL(wd_queue_dma_map);
 
+/*
+ * Unmap and unpin @map, which the caller marked releasing under the pin
+ * lock.  It stays listed until its pins are gone, so an unmap callback
+ * waits for it.
+ */
+static void wd_dma_map_release(struct wd_queue *q, struct wd_dma_map *map)
+{
+	wd_dma_unmap_pages(q, map);
+	mutex_lock(&q->pin_lock);
+	list_del_init(&map->node);
+	q->dma_released++;
+	mutex_unlock(&q->pin_lock);
+	wake_up_all(&q->dma_wq);
+}
+
 void wd_queue_dma_unmap(struct wd_queue *q, struct wd_dma_map *map)
 {
+	bool mine;
+
 	if (IS_ERR_OR_NULL(map))
 		return;
 	mutex_lock(&q->pin_lock);
-	/* Empty when the queue stopped first and released it (a driver bug). */
-	if (!list_empty(&map->node))
-		wd_dma_map_release(q, map);
+	/* Not listed when the queue stopped first and released it (a driver bug). */
+	mine = !list_empty(&map->node) && !map->releasing;
+	map->releasing = true;
 	mutex_unlock(&q->pin_lock);
-	wake_up_all(&q->dma_wq);
+	if (mine)
+		wd_dma_map_release(q, map);
+	else
+		wait_event(q->dma_wq, list_empty_careful(&map->node));
 	kvfree(map->pages);
 	kfree(map);
 }
@@ -605,7 +748,7 @@ bool wd_dma_map_revoked(const struct wd_dma_map *map)
 }
 EXPORT_SYMBOL_GPL(wd_dma_map_revoked);
 
-/* Mark the DMA maps overlapping [first, last] revoked; any found? */
+/* Mark the DMA maps overlapping [first, last] revoked; any listed? */
 static bool wd_dma_maps_revoke(struct wd_queue *q, u64 first, u64 last)
 {
 	struct wd_dma_map *map;
@@ -623,34 +766,80 @@ static bool wd_dma_maps_revoke(struct wd_queue *q, u64 first, u64 last)
 }
 
 /*
+ * A fence's life: WD_FENCE_TTL, doubled (up to WD_FENCE_TTL_MAX) for each
+ * callback on the same range soon after the last, which is type1 retrying
+ * because a pin slipped in after an earlier fence expired.
+ */
+static unsigned long wd_fence_ttl(struct wd_queue *q, u64 first, u64 last)
+{
+	lockdep_assert_held(&q->pin_lock);
+	if (first == q->unmap_first && last == q->unmap_last &&
+	    time_before(jiffies, q->unmap_at + WD_RETRY_WINDOW))
+		q->unmap_ttl = min_t(unsigned long, 2 * q->unmap_ttl,
+				     WD_FENCE_TTL_MAX);
+	else
+		q->unmap_ttl = WD_FENCE_TTL;
+	q->unmap_first = first;
+	q->unmap_last = last;
+	q->unmap_at = jiffies;
+	return q->unmap_ttl;
+}
+
+static bool wd_pins_landed(struct wd_queue *q, unsigned long epoch)
+{
+	return !READ_ONCE(q->pins_in_flight[epoch & 1]);
+}
+
+static bool wd_maps_released(struct wd_queue *q, unsigned long seq)
+{
+	return READ_ONCE(q->dma_released) != seq;
+}
+
+/* Sleep until @done, warning every WD_UNMAP_WARN_SECS that @what holds it up. */
+static void wd_unmap_wait(struct wd_queue *q,
+			  bool (*done)(struct wd_queue *q, unsigned long arg),
+			  unsigned long arg, const char *what, u64 first,
+			  u64 last)
+{
+	while (!wait_event_timeout(q->dma_wq, done(q, arg),
+				   WD_UNMAP_WARN_SECS * HZ))
+		dev_warn(mdev_dev(q->mdev),
+			 "unmap of [%#llx, %#llx] waits for %s\n",
+			 first, last, what);
+}
+
+/*
  * type1's dma_unmap callback, for the whole of one VFIO mapping, with
  * type1's device_list_lock held and its iommu->lock dropped: fence the
- * range, unpin what the cache holds of it, wait for DMA maps in it to be
- * released by the driver.
+ * range and start a new epoch, unpin what the cache holds of it, wait for
+ * the pins of the old epoch and for the driver to release its DMA maps in
+ * the range.
  */
 void wd_mem_dma_unmap(struct wd_queue *q, u64 iova, u64 length)
 {
-	unsigned long seq;
+	unsigned long epoch, seq;
 	u64 last;
 	bool busy;
 
 	if (!length || check_add_overflow(iova, length - 1, &last))
 		return;
 	mutex_lock(&q->pin_lock);
-	wd_fence_add(q, iova, last);
+	wd_fence_add(q, iova, last, wd_fence_ttl(q, iova, last));
+	epoch = q->unmap_epoch++;
+	mutex_unlock(&q->pin_lock);
+
 	wd_uncache_range(q, iova >> PAGE_SHIFT, last >> PAGE_SHIFT);
+	wd_unmap_wait(q, wd_pins_landed, epoch, "pins in flight", iova, last);
+
+	mutex_lock(&q->pin_lock);
 	for (;;) {
 		busy = wd_dma_maps_revoke(q, iova, last);
 		seq = q->dma_released;
 		mutex_unlock(&q->pin_lock);
 		if (!busy)
 			break;
-		if (!wait_event_timeout(q->dma_wq,
-					READ_ONCE(q->dma_released) != seq,
-					WD_UNMAP_WARN_SECS * HZ))
-			dev_warn(mdev_dev(q->mdev),
-				 "unmap of [%#llx, %#llx] waits for the driver to release its DMA maps\n",
-				 iova, last);
+		wd_unmap_wait(q, wd_maps_released, seq,
+			      "the driver to release its DMA maps", iova, last);
 		mutex_lock(&q->pin_lock);
 	}
 }
@@ -658,16 +847,35 @@ void wd_mem_dma_unmap(struct wd_queue *q, u64 iova, u64 length)
 /* The queue stopped: everything it holds of user memory goes. */
 void wd_mem_release(struct wd_queue *q)
 {
-	struct wd_dma_map *map, *tmp;
+	struct wd_dma_map *map;
+	unsigned long epoch;
+	bool found;
 
+	do {
+		found = false;
+		mutex_lock(&q->pin_lock);
+		list_for_each_entry(map, &q->dma_maps, node) {
+			if (!map->releasing) {
+				dev_WARN_ONCE(mdev_dev(q->mdev), 1,
+					      "driver kept a DMA map past queue_close\n");
+				map->releasing = true;
+				found = true;
+				break;
+			}
+		}
+		mutex_unlock(&q->pin_lock);
+		if (found)
+			wd_dma_map_release(q, map);
+	} while (found);
+	wait_event(q->dma_wq, list_empty_careful(&q->dma_maps));
+
+	/* A pin still in flight is not cached: it sees the new epoch. */
 	mutex_lock(&q->pin_lock);
-	list_for_each_entry_safe(map, tmp, &q->dma_maps, node) {
-		dev_WARN_ONCE(mdev_dev(q->mdev), 1,
-			      "driver kept a DMA map past queue_close\n");
-		wd_dma_map_release(q, map);
-	}
+	epoch = q->unmap_epoch++;
+	mutex_unlock(&q->pin_lock);
 	wd_uncache_range(q, 0, ULONG_MAX);
+	wait_event(q->dma_wq, wd_pins_landed(q, epoch));
+	mutex_lock(&q->pin_lock);
 	q->nr_fences = 0;
 	mutex_unlock(&q->pin_lock);
-	wake_up_all(&q->dma_wq);
 }

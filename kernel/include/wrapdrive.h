@@ -394,6 +394,7 @@ struct wd_dma_map {
 	enum dma_data_direction dir;
 	bool iova;
 	bool revoked;
+	bool releasing;
 	struct page **pages;
 };
 
