@@ -54,6 +54,7 @@
 
 #define WD_PIN_BATCH		32	/* pages pinned for one copy */
 #define WD_PIN_CACHE_MAX	4096	/* pages cached per queue */
+#define WD_UNCACHE_BATCH	64	/* pages uncached per pin lock hold */
 #define WD_FENCE_TTL		max_t(unsigned long, 2, HZ / 50)
 #define WD_FENCE_TTL_MAX	(HZ / 2)	/* after type1's retries */
 #define WD_RETRY_WINDOW		(2 * HZ)	/* a callback this soon retries */
@@ -361,29 +362,40 @@ static int wd_rw_cached(struct wd_queue *q, u64 iova, void *buf, size_t n,
 }
 
 /*
- * Drop the cache's pins in pages [first, last], one at a time: taken out
- * of the cache under the pin lock, unpinned outside it.
+ * Drop the cache's pins in pages [first, last]: up to WD_UNCACHE_BATCH at a
+ * time taken out of the cache under the pin lock, then unpinned outside it,
+ * a run of consecutive pages in one call.
  */
 static void wd_uncache_range(struct wd_queue *q, unsigned long first,
 			     unsigned long last)
 {
-	unsigned long idx = first;
+	unsigned long batch[WD_UNCACHE_BATCH], idx;
+	unsigned int n, i, run;
 	void *entry;
 
-	for (;;) {
+	do {
+		n = 0;
 		mutex_lock(&q->pin_lock);
-		entry = xa_find(&q->pins, &idx, last, XA_PRESENT);
-		if (entry) {
+		xa_for_each_range(&q->pins, idx, entry, first, last) {
 			xa_erase(&q->pins, idx);
-			q->nr_cached--;
-			atomic_long_dec(&wd_cached_pages);
+			batch[n++] = idx;
+			if (n == WD_UNCACHE_BATCH)
+				break;
 		}
+		q->nr_cached -= n;
+		atomic_long_sub(n, &wd_cached_pages);
 		mutex_unlock(&q->pin_lock);
-		if (!entry)
+		for (i = 0; i < n; i += run) {
+			for (run = 1; i + run < n &&
+			     batch[i + run] == batch[i] + run; run++)
+				;
+			wd_unpin(q, (u64)batch[i] << PAGE_SHIFT, run);
+		}
+		if (!n || batch[n - 1] == last)
 			return;
-		wd_unpin(q, (u64)idx << PAGE_SHIFT, 1);
+		first = batch[n - 1] + 1;
 		cond_resched();
-	}
+	} while (n == WD_UNCACHE_BATCH);
 }
 
 static int wd_iova_rw(struct wd_queue *q, u64 iova, void *buf, size_t len,

@@ -24,6 +24,7 @@ import wd_modules  # noqa: E402
 pytestmark = pytest.mark.slow(300)
 
 STRESS_SECONDS = float(os.environ.get("WD_STRESS_SECONDS", "20"))
+SCALE = float(os.environ.get("WD_TIMEOUT_SCALE", "1"))  # > 1 on a debug kernel
 MiB = 1 << 20
 
 
@@ -149,7 +150,8 @@ def test_unmap_during_a_large_request_is_prompt():
         assert c.status in (kv.WD_STS_OK, kv.WD_STS_BAD_ADDR)
         wd_measure.record("unmap_latency_16MiB", request_s=round(full, 3),
                           unmap_s=round(unmap, 4), status=c.status)
-        assert unmap < max(0.5, full / 2), (unmap, full)
+        # The floor is a time limit: a debug kernel (WD_TIMEOUT_SCALE) stretches it.
+        assert unmap < max(0.5 * SCALE, full / 2), (unmap, full)
         assert q.run(kv.WD_OP_NOP, tag=3)[:2] == (3, 0)
         assert pinned(*qd) <= 1  # only dst's page may stay cached
 
