@@ -3,7 +3,8 @@
 
 The recipe (build_kernel), each step a command line built by a pure function below:
 
-  1. unpack /usr/src/linux-source-<v>.tar.xz into a temporary folder of the cache
+  1. unpack /usr/src/linux-source-<v>.tar.xz into a temporary folder of the cache, and apply
+     tools/debug-patches/<v>/*.patch in name order (each says why it is carried)
   2. virtme-configkernel --defconfig --custom tools/debug.config   (virtme-ng's minimal config)
   3. kconfiglib: the fragment again (virtme-ng appends its own must-haves after --custom, debug
      info among them) and WrapDrive's Kconfig needs (tools/kconfig_check.py); make olddefconfig
@@ -15,7 +16,7 @@ The recipe (build_kernel), each step a command line built by a pure function bel
      its object files dropped, a manifest; then the temporary folder is renamed into place.
 
 A kernel lives in ~/.cache/wrapdrive/kernels/debug-<source>-<key>/ where key hashes everything
-that decides the product (the source tarball's content, the fragment, the Kconfig
+that decides the product (the source tarball's content, the patches, the fragment, the Kconfig
 requirements, this recipe's version, the compiler, virtme-ng's version).  Only a finished
 build has that name, so an unpacked or half-built tree is never taken for a kernel; a lock
 makes a second builder wait for the first instead of building the same kernel twice.
@@ -53,6 +54,7 @@ REPO = TOOLS.parent
 sys.path.insert(0, str(TOOLS))
 
 FRAGMENT = TOOLS / "debug.config"
+PATCHES = TOOLS / "debug-patches"  # <source name>/*.patch, applied with `git apply -p1`
 # Bump when the recipe changes what it produces (steps, layout, make targets): the cache key
 # changes with it and the next run builds a new kernel instead of reusing an older one.
 RECIPE_VERSION = 1
@@ -225,13 +227,24 @@ def requirements_text() -> str:
     return "\n".join(lines)
 
 
+def patches_of(source: Source, root: Path = PATCHES) -> list[Path]:
+    """The patches carried for @source, in the order they are applied."""
+    return sorted((root / source.name).glob("*.patch"))
+
+
+def patches_text(patches: Sequence[Path]) -> str:
+    """Names and contents of @patches, as the cache key sees them."""
+    return "".join(f"{p.name}\0{p.read_text()}\0" for p in patches)
+
+
 def cache_key(
-    *, source_digest: str, fragment: str, requirements: str, recipe: int, compiler: str, virtme: str
+    *, source_digest: str, patches: str, fragment: str, requirements: str, recipe: int, compiler: str, virtme: str
 ) -> str:
     """sha256 over everything that decides what the build produces."""
     h = hashlib.sha256()
     for part in (
         f"source {source_digest}",
+        f"patches {patches}",
         f"fragment {fragment}",
         f"requirements {requirements}",
         f"recipe {recipe}",
@@ -276,6 +289,7 @@ def key_for(source: Source) -> str:
         )
     return cache_key(
         source_digest=file_digest(source.tarball),
+        patches=patches_text(patches_of(source)),
         fragment=FRAGMENT.read_text(),
         requirements=requirements_text(),
         recipe=RECIPE_VERSION,
@@ -353,6 +367,11 @@ def cached(spec: str = SPEC, cache: Path | None = None) -> DebugKernel | None:
 
 def unpack_cmd(tarball: Path, dest: Path) -> list[str]:
     return ["tar", "-xJf", str(tarball), "-C", str(dest), "--strip-components=1"]
+
+
+def patch_cmd(patch: Path) -> list[str]:
+    """Run in the tree; git, not patch(1): git is on every machine that cloned this."""
+    return ["git", "apply", "-p1", "--whitespace=nowarn", str(patch)]
 
 
 def configkernel_cmd(virtme_configkernel: str, fragment: Path) -> list[str]:
@@ -575,7 +594,10 @@ def build_kernel(source: Source, key: str, *, cache: Path, jobs: int, log: Log =
         shutil.rmtree(tmp, ignore_errors=True)
         tree.mkdir(parents=True)
         times["unpack"] = run_step("unpack", unpack_cmd(source.tarball, tree), logfile=logfile, timeout=TIMEOUT_UNPACK)
-        log(f"unpacked in {times['unpack']:.0f}s; configuring")
+        patches = patches_of(source)
+        for patch in patches:
+            run_step(f"patch {patch.name}", patch_cmd(patch), logfile=logfile, timeout=TIMEOUT_CONFIG, cwd=tree)
+        log(f"unpacked in {times['unpack']:.0f}s, {len(patches)} patch(es) applied; configuring")
         t = time.monotonic()
         run_step(
             "virtme-configkernel",
@@ -605,6 +627,7 @@ def build_kernel(source: Source, key: str, *, cache: Path, jobs: int, log: Log =
         manifest = {
             "source": source.name,
             "tarball": str(source.tarball),
+            "patches": [p.name for p in patches],
             "key": key,
             "release": release,
             "recipe": RECIPE_VERSION,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -220,8 +221,8 @@ def test_unset_and_string_values_are_compared_as_written(tmp_path: Path) -> None
 
 # --------------------------------------------------------------------------- cache key
 
-KEY_INPUTS = {"source_digest": "ab" * 32, "fragment": "CONFIG_KASAN=y\n", "requirements": "reqs", "recipe": 1,
-              "compiler": "gcc 12.2.0", "virtme": "1.42"}  # fmt: skip
+KEY_INPUTS = {"source_digest": "ab" * 32, "patches": "0001-x.patch\0diff\0", "fragment": "CONFIG_KASAN=y\n",
+              "requirements": "reqs", "recipe": 1, "compiler": "gcc 12.2.0", "virtme": "1.42"}  # fmt: skip
 
 
 def test_cache_key_is_stable_and_hex() -> None:
@@ -241,6 +242,35 @@ def test_key_fields_do_not_run_into_each_other() -> None:
     a = dict(KEY_INPUTS, fragment="A", requirements="B")
     b = dict(KEY_INPUTS, fragment="A\0requirements ", requirements="B")
     assert dk.cache_key(**a) != dk.cache_key(**b)  # type: ignore[arg-type]
+
+
+def test_patches_are_applied_in_name_order_and_keyed_by_content(tmp_path: Path) -> None:
+    src = dk.Source("6.1", tmp_path / "l.tar.xz", "linux-source-6.1")
+    (tmp_path / "6.1").mkdir()
+    for name in ("0002-b.patch", "0001-a.patch", "README"):
+        (tmp_path / "6.1" / name).write_text(name)
+    got = dk.patches_of(src, tmp_path)
+    assert [p.name for p in got] == ["0001-a.patch", "0002-b.patch"]
+    before = dk.patches_text(got)
+    (tmp_path / "6.1" / "0002-b.patch").write_text("changed")
+    assert dk.patches_text(got) != before
+    assert dk.patch_cmd(got[0]) == ["git", "apply", "-p1", "--whitespace=nowarn", str(got[0])]
+
+
+def test_carried_patches_apply_to_their_source(tmp_path: Path) -> None:
+    """Every carried patch applies to the tarball it is for (the files it touches only)."""
+    for src in dk.SOURCES.values():
+        patches = dk.patches_of(src)
+        if not patches:
+            continue
+        if not src.tarball.is_file():
+            pytest.skip(f"{src.tarball} not installed")
+        for patch in patches:
+            files = [line[6:].split("\t")[0].strip() for line in patch.read_text().splitlines() if line.startswith("+++ b/")]
+            members = [f"linux-source-{src.name}/{f}" for f in files]
+            subprocess.run(["tar", "-xJf", str(src.tarball), "-C", str(tmp_path), "--strip-components=1", *members],
+                           check=True, timeout=600)  # fmt: skip
+            subprocess.run(dk.patch_cmd(patch), cwd=tmp_path, check=True, timeout=60)
 
 
 def test_requirements_text_names_every_requirement() -> None:
