@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import subprocess
@@ -223,3 +225,51 @@ def test_output_is_removed_when_the_work_fails(tmp_path: Path) -> None:
     with cli._output(str(out), force=False) as dst:
         dst.write(b"whole")
     assert out.read_bytes() == b"whole"
+
+
+# -- directories and standard input ------------------------------------------------------
+
+@pytest.mark.parametrize("algo", ["sha256", "crc32c", "zlib"])
+def test_run_a_directory_is_an_error(algo: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "dir"
+    d.mkdir()
+    assert cli.main(["--sysfs", str(tree(tmp_path)), "run", algo, str(d)]) == 1
+    assert capsys.readouterr().err == f"wrapdrive: {d}: Is a directory\n"
+    assert not (tmp_path / "dir.z").exists()
+
+
+def test_run_a_directory_as_a_process_sees_it(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "wrapdrive", "--sysfs", str(tree(tmp_path)),
+                        "run", "sha256", str(tmp_path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1
+    assert r.stderr == f"wrapdrive: {tmp_path}: Is a directory\n"
+
+
+def test_dash_reads_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    stdin = io.TextIOWrapper(io.BufferedReader(io.BytesIO(b"from a pipe")))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    f = cli._open_input("-")
+    assert f is stdin.buffer and f.read() == b"from a pipe"
+
+
+def test_bench_output_directory_is_refused_before_the_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # bench.run would take seconds and need AF_ALG: refused before it
+    assert cli.main(["bench", "--json", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"wrapdrive bench: {tmp_path}: Is a directory\n"
+    assert cli.main(["bench", "--json", str(tmp_path / "r.json"),
+                     "--plot", str(tmp_path)]) == 1
+    assert cli.main(["bench", "--plot", str(tmp_path / "p.png")]) == 2
+    assert "--plot needs --json" in capsys.readouterr().err
+
+
+def test_a_file_error_in_any_command_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    def fails(args: object) -> int:
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), "/some/dir")
+
+    monkeypatch.setattr(cli, "cmd_gc", fails)
+    assert cli.main(["gc"]) == 1
+    assert capsys.readouterr().err == "wrapdrive: /some/dir: Is a directory\n"

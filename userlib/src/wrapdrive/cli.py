@@ -398,6 +398,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.rounds < 1 or args.seconds <= 0:
         print("wrapdrive bench: --rounds must be >= 1 and --seconds > 0", file=sys.stderr)
         return 2
+    if args.plot and not args.json:
+        print("wrapdrive bench: --plot needs --json", file=sys.stderr)
+        return 2
+    for out in (args.json, args.plot):
+        if out is not None and out.is_dir():  # found now, not after the whole run
+            print(f"wrapdrive bench: {out}: {os.strerror(errno.EISDIR)}", file=sys.stderr)
+            return 1
     cases = tuple(args.case) if args.case else bench.DEFAULT_CASES
     cfg = bench.Config(cases=cases, rounds=args.rounds, seconds=args.seconds)
     results = bench.run(cfg)
@@ -413,9 +420,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.plot:
             bench.plot(args.json, args.plot)
             print(f"wrote {args.plot}", file=sys.stderr)
-    elif args.plot:
-        print("wrapdrive bench: --plot needs --json", file=sys.stderr)
-        return 2
     return 0
 
 
@@ -432,6 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrapdrive: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:
+        return 1
+    except OSError as exc:
+        # a file named on the command line that cannot be read or written
+        # (a directory, no permission, a full disk): say which, no traceback
+        if exc.filename is None:
+            raise
+        print(f"wrapdrive: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)  # end the line ^C left
