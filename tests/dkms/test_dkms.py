@@ -1,5 +1,5 @@
 """DKMS as a packager uses it (`nox -s dkms`): Debian's dkms adds, builds and
-installs wrapdrive.ko and wd_dummy.ko from kernel/dkms.conf for the cached
+installs wrapdrive.ko, wd_dummy.ko and wd_edu.ko from kernel/dkms.conf for the cached
 6.1 and 6.12 kernels, then a guest of each kernel loads the DKMS-built
 modules the way kernel/modules-load.d/wrapdrive.conf says and runs a request.
 
@@ -28,6 +28,9 @@ CACHE = REPO / ".cache" / "dkms"
 CONF = KERNEL / "modules-load.d" / "wrapdrive.conf"
 #: what dkms gets of kernel/: the build rules and the sources (as `make dkms-install`)
 SOURCES = ("Kbuild", "Makefile", "dkms.conf", "include", "uapi")
+#: every module kernel/Kbuild builds (tests/host/test_kernel_packaging.py checks
+#: that dkms.conf names each)
+MODULES = ["wd_dummy.ko", "wd_edu.ko", "wrapdrive.ko"]
 BUILD_TIMEOUT = 900
 BOOT_TIMEOUT = 900
 
@@ -78,7 +81,7 @@ def test_dkms_builds_installs_and_a_guest_loads_it(name: str) -> None:
                "--no-depmod"])
     assert "Installing to" in out, out
     built = sorted(p.name for p in (kmods / "updates/dkms").iterdir())
-    assert built == ["wd_dummy.ko", "wrapdrive.ko"], built
+    assert built == MODULES, built
     status = run(["dkms", "status", "-m", "wrapdrive", *trees])
     assert f"wrapdrive/{ver}, {kver}, x86_64: installed" in status, status
     # the guest's module tree: the kernel's own modules beside DKMS's, depmod'ed
@@ -90,6 +93,8 @@ def test_dkms_builds_installs_and_a_guest_loads_it(name: str) -> None:
     run(["depmod", "-b", str(base), kver])
     deps = (kmods / "modules.dep").read_text()
     assert "updates/dkms/wd_dummy.ko: updates/dkms/wrapdrive.ko" in deps, deps[:500]
+    edu = [line for line in deps.splitlines() if line.startswith("updates/dkms/wd_edu.ko:")]
+    assert edu and "updates/dkms/wrapdrive.ko" in edu[0], deps[:500]
 
     cmd = [sys.executable, str(REPO / "tools/build.py"), "run", "--kernel", name, "--no-modules",
            "--", "sh", str(REPO / "tests/dkms/guest_load.sh"), str(base), str(CONF)]
@@ -115,4 +120,4 @@ def test_make_modules_install_into_a_destdir(tmp_path: Path) -> None:
     run(["make", "-C", str(src), f"KDIR={k.kdir}", "-j2", "modules"])
     run(["make", "-C", str(src), f"KDIR={k.kdir}", f"INSTALL_MOD_PATH={dest}", "modules_install"])
     extra = dest / "lib/modules" / k.release / "extra"
-    assert sorted(p.name for p in extra.iterdir()) == ["wd_dummy.ko", "wrapdrive.ko"]
+    assert sorted(p.name for p in extra.iterdir()) == MODULES

@@ -7,13 +7,12 @@ The real device is tested in the VM suite."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
+from simqueue import SimQueue
 from wrapdrive import abi
 from wrapdrive.abi import ffi, lib
 from wrapdrive.request import Request
@@ -62,48 +61,6 @@ def test_seed_signatures_in_the_header() -> None:
                   "int flags);",
                   "void wd_mem_unshare(struct wd_queue *q, const void *addr, size_t size);"):
         assert proto in text, proto
-
-
-class SimQueue:
-    """The three regions in plain memory, attached to a struct wd_queue."""
-
-    ENTRIES = 8
-
-    def __init__(self) -> None:
-        n = self.ENTRIES
-        self.db = ffi.new("struct wd_doorbell *")
-        self.cq_region = ffi.new("char[]", 4096 + n * ffi.sizeof("struct wd_cqe"))
-        self.sq_region = ffi.new("struct wd_desc[]", n)
-        self.hdr = ffi.cast("struct wd_ring_hdr *", self.cq_region)
-        self.cq = ffi.cast("struct wd_cqe *", self.cq_region + 4096)
-        h = self.hdr
-        h.magic, h.version, h.entries = abi.WD_RING_MAGIC, abi.WD_ABI_VERSION, n
-        h.desc_size, h.cqe_size = ffi.sizeof("struct wd_desc"), ffi.sizeof("struct wd_cqe")
-        h.cq_off = 4096
-        self.efd = os.eventfd(0, os.EFD_NONBLOCK)
-        self.kick = os.memfd_create("kick")
-        self.q: Any = ffi.new("struct wd_queue *")
-        ret = lib.wd_attach_memory(self.q, self.db, self.cq_region, len(self.cq_region),
-                                   self.sq_region, ffi.sizeof(self.sq_region), self.kick,
-                                   self.efd)
-        assert ret == 0, ffi.string(lib.wd_errmsg())
-
-    def complete_all(self, result: int) -> int:
-        """The device: take every submitted descriptor, complete it."""
-        n = 0
-        while self.hdr.sq_head != self.db.sq_tail:
-            d = self.sq_region[self.hdr.sq_head % self.ENTRIES]
-            c = self.cq[self.hdr.cq_tail % self.ENTRIES]
-            c.tag, c.status, c.out_len, c.result = d.tag, 0, d.src_len, result + d.seed
-            self.hdr.sq_head += 1
-            self.hdr.cq_tail += 1
-            n += 1
-        return n
-
-    def close(self) -> None:
-        lib.wd_release_queue(self.q)
-        os.close(self.efd)
-        os.close(self.kick)
 
 
 def test_requests_come_back_as_the_same_python_objects() -> None:

@@ -101,6 +101,21 @@ def test_run_zlib_writes_a_checkable_file(tmp_path: Path) -> None:
     assert zlib.decompress(z) == data and len(z) < len(data) // 10
 
 
+def test_run_zlib_keeps_an_existing_output_unless_forced(tmp_path: Path) -> None:
+    f = tmp_path / "text.txt"
+    data = b"the output of an earlier run is not thrown away\n" * 500
+    f.write_bytes(data)
+    z = Path(str(f) + ".z")
+    z.write_bytes(b"earlier")
+    p = wd("run", "zlib", str(f))
+    assert p.returncode == 1
+    assert p.stderr == f"wrapdrive: {z} already exists; use -f to overwrite\n"
+    assert z.read_bytes() == b"earlier"
+    p = wd("run", "zlib", "-f", str(f))
+    assert p.returncode == 0, p.stderr
+    assert zlib.decompress(z.read_bytes()) == data
+
+
 def test_run_unknown_capability_explains(tmp_path: Path) -> None:
     f = tmp_path / "x"
     f.write_bytes(b"x")

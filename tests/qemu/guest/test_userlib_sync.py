@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 
 import pytest
 
@@ -141,6 +142,24 @@ def test_pythonic_async_run() -> None:
             return buf.read(32, 4096)
 
     assert asyncio.run(main()) == hashlib.sha256(b"abc").digest()
+
+
+def test_one_shot_coroutines_on_the_engine() -> None:
+    data = os.urandom(48 << 10) + b"text " * 4000
+
+    async def main() -> tuple[bytes, int, bytes, bytes]:
+        sha = await wrapdrive.request_queue_async("sha256")
+        crc = await wrapdrive.request_queue_async("crc32c")
+        z = await wrapdrive.request_queue_async("zlib")
+        with sha, crc, z:
+            digest, value, packed = await asyncio.gather(
+                sha.sha256_async(data), crc.crc32c_async(data, 7), z.compress_async(data))
+            return digest, value, packed, await z.decompress_async(packed)
+
+    digest, value, packed, back = asyncio.run(main())
+    assert digest == hashlib.sha256(data).digest()
+    assert value == crc32c_sw(data, 7)
+    assert zlib.decompress(packed) == data and back == data
 
 
 def test_forked_child_cannot_use_the_parents_queue() -> None:

@@ -13,6 +13,11 @@ per-process queue unless ``queue=`` names one):
     c = wrapdrive.compressobj(level=6); z = c.compress(data) + c.flush()
     d = wrapdrive.decompressobj(); data = d.decompress(z)
 
+In a coroutine, without blocking the event loop:
+
+    with await wrapdrive.request_queue_async("sha256") as q:
+        digest = await q.sha256_async(b"hello")
+
 The seed's C-style calls (wd_request_queue, wd_send, ...) are here too.
 """
 
@@ -30,6 +35,7 @@ from .abi import (
 from .api import (
     devices,
     request_queue,
+    request_queue_async,
     wd_mem_share,
     wd_mem_unshare,
     wd_recv,
@@ -100,6 +106,7 @@ __all__ = [
     "decompressobj",
     "devices",
     "request_queue",
+    "request_queue_async",
     "sha256",
     "wd_mem_share",
     "wd_mem_unshare",

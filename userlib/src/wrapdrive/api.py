@@ -16,6 +16,7 @@ errno; neither call ever waits.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from . import sysfs
@@ -102,6 +103,32 @@ def request_queue(algo_type: str, flags: int = 0, *, weak_order: bool = False,
     if share_all:
         flags |= WD_CAPA_SHARE_ALL
     return Queue(Capa(algo_type, flags), root, uuid)
+
+
+async def request_queue_async(algo_type: str, flags: int = 0, *, weak_order: bool = False,
+                              share_all: bool = False, root: Path = sysfs.SYSFS,
+                              uuid: str | None = None) -> Queue:
+    """``with await wrapdrive.request_queue_async("sha256") as q:`` in a coroutine
+
+    request_queue() in a worker thread (opening a queue scans sysfs, may
+    create an mdev and wait for udev), so the event loop runs meanwhile;
+    the arguments are request_queue's.  If the awaiting task is cancelled,
+    a queue opened after all is closed rather than left to the garbage
+    collector."""
+    opening = asyncio.ensure_future(asyncio.to_thread(
+        request_queue, algo_type, flags, weak_order=weak_order, share_all=share_all,
+        root=root, uuid=uuid))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_unwanted)
+        raise
+
+
+def _close_unwanted(opening: asyncio.Future[Queue]) -> None:
+    """The queue a cancelled request_queue_async opened anyway, released."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 def devices(root: Path = sysfs.SYSFS) -> list[sysfs.Device]:

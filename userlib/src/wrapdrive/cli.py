@@ -10,7 +10,7 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -122,6 +122,9 @@ PROGRESS_BYTES = 16 << 20
 #: what `run` names standard input by
 STDIN = "-"
 
+#: what `run zlib` appends to a file's name for its output
+ZLIB_SUFFIX = ".z"
+
 
 def sum_name(name: str) -> tuple[str, str]:
     """(prefix, name) as sha256sum prints a file name: a name holding a
@@ -168,7 +171,7 @@ def _open_input(path: str) -> io.BufferedIOBase:
     return f
 
 
-def _sha256(f: io.BufferedIOBase, path: str, q: Queue, prog: Progress) -> str:
+def _sha256(f: io.BufferedIOBase, path: str, q: Queue, prog: Progress, force: bool) -> str:
     h = wd_sha256(queue=q)
     try:
         while n := h.update_from(f):  # read into the device's staging memory
@@ -178,7 +181,7 @@ def _sha256(f: io.BufferedIOBase, path: str, q: Queue, prog: Progress) -> str:
         h.close()
 
 
-def _crc32c(f: io.BufferedIOBase, path: str, q: Queue, prog: Progress) -> str:
+def _crc32c(f: io.BufferedIOBase, path: str, q: Queue, prog: Progress, force: bool) -> str:
     crc = 0
     for piece in read_pieces(f):
         crc = wd_crc32c(piece, crc, queue=q)
@@ -186,13 +189,44 @@ def _crc32c(f: io.BufferedIOBase, path: str, q: Queue, prog: Progress) -> str:
     return f"{crc:08x}"
 
 
-def _zlib(f: io.BufferedIOBase, path: str, q: Queue, prog: Progress) -> str:
+def zlib_output(path: str) -> str:
+    """The file ``run zlib`` writes for ``path``: ``path.z``."""
+    return path + ZLIB_SUFFIX
+
+
+def _create(path: str, force: bool) -> BinaryIO:
+    """``path`` made anew for writing.  An existing ``path`` (file, symlink or
+    anything else) is FileExistsError unless ``force``; then it is removed
+    first, as gzip -f does, so a symlink is replaced and never written through.
+    O_EXCL makes the check and the creation one step."""
+    if force:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # IsADirectoryError for a directory: reported as such
+    return open(path, "xb")
+
+
+@contextlib.contextmanager
+def _output(path: str, force: bool) -> Iterator[BinaryIO]:
+    """``path`` created for writing (see _create), removed again if the work
+    fails or is interrupted: a half-written FILE.z is never left behind to
+    pass for a whole one (or to block the next run)."""
+    dst = _create(path, force)
+    try:
+        with dst:
+            yield dst
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def _zlib(f: io.BufferedIOBase, path: str, q: Queue, prog: Progress, force: bool) -> str:
     """FILE to FILE.z, or standard input to standard output."""
     c = compressobj(queue=q)
     n_in = n_out = 0
     with contextlib.ExitStack() as stack:
         dst: BinaryIO = sys.stdout.buffer if path == STDIN else \
-            stack.enter_context(open(path + ".z", "wb"))
+            stack.enter_context(_output(zlib_output(path), force))
         try:
             for piece in read_pieces(f):
                 out = c.compress(piece)
@@ -207,10 +241,11 @@ def _zlib(f: io.BufferedIOBase, path: str, q: Queue, prog: Progress) -> str:
         n_out += len(out)
     if path == STDIN:
         return ""
-    return f"{path} -> {path}.z ({n_in} -> {n_out} bytes)"
+    return f"{path} -> {zlib_output(path)} ({n_in} -> {n_out} bytes)"
 
 
-RUNNERS: dict[str, Callable[[io.BufferedIOBase, str, Queue, Progress], str]] = {
+#: each algorithm's runner: (input, its name, queue, progress, force) -> the line to print
+RUNNERS: dict[str, Callable[[io.BufferedIOBase, str, Queue, Progress, bool], str]] = {
     "sha256": _sha256, "crc32c": _crc32c, "zlib": _zlib}
 
 
@@ -227,10 +262,28 @@ def _total(paths: list[str]) -> int | None:
     return total
 
 
+def _refused(algo: str, path: str, force: bool) -> str | None:
+    """Why ``path`` is not worked on before anything is opened, or None:
+    ``run zlib`` does not overwrite an existing FILE.z without ``-f``."""
+    if algo != "zlib" or path == STDIN or force:
+        return None
+    out = zlib_output(path)
+    if os.path.lexists(out):
+        return f"{out} already exists; use -f to overwrite"
+    return None
+
+
+def _file_error(path: str, exc: OSError) -> str:
+    """``wrapdrive: NAME: reason`` for a file that could not be read or
+    written, naming the file the error is about (FILE or FILE.z)."""
+    name = exc.filename if isinstance(exc.filename, str) else path
+    return f"wrapdrive: {name}: {exc.strerror or exc}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """Each file in turn, as sha256sum does: a file that cannot be read is
-    reported and skipped (exit status 1); the queue is opened for the first
-    file that can."""
+    """Each file in turn, as sha256sum does: a file that cannot be read (or,
+    for zlib, whose FILE.z exists and -f was not given) is reported and
+    skipped (exit status 1); the queue is opened for the first file that can."""
     algo = args.algo
     rc = 0
     prog = Progress(_total(args.files), args.quiet)
@@ -238,10 +291,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         stack.callback(prog.close)
         q: Queue | None = None
         for p in args.files:
+            why = _refused(algo, p, args.force)
+            if why:
+                print(f"wrapdrive: {why}", file=sys.stderr)
+                rc = 1
+                continue
             try:
                 f = _open_input(p)
             except OSError as exc:
-                print(f"wrapdrive: {p}: {exc.strerror or exc}", file=sys.stderr)
+                print(_file_error(p, exc), file=sys.stderr)
                 rc = 1
                 continue
             if q is None:
@@ -250,11 +308,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                       root=Path(args.sysfs)))
             prog.label(p)
             try:
-                line = RUNNERS[algo](f, p, q, prog)
+                line = RUNNERS[algo](f, p, q, prog, args.force)
             except OSError as exc:
                 if isinstance(exc, WrapDriveError):
                     raise
-                print(f"wrapdrive: {p}: {exc.strerror or exc}", file=sys.stderr)
+                print(_file_error(p, exc), file=sys.stderr)
                 rc = 1
                 continue
             finally:
@@ -302,12 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      "queue, streaming them with constant memory")
     run.add_argument("algo", choices=ALGOS,
                      help="sha256 (prints like sha256sum), crc32c (prints hex), "
-                          "zlib (writes FILE.z; standard input goes to standard output)")
+                          "zlib (writes FILE.z, never over an existing one without -f; "
+                          "standard input goes to standard output)")
     run.add_argument("files", nargs="+", metavar="FILE", help="a file, or - for standard input")
     run.add_argument("--weak-order", action="store_true",
                      help="allow a weakly ordered (WD_WEAK_ORDER) queue")
     run.add_argument("--share-all", action="store_true",
                      help="ask for a WD_CAPA_SHARE_ALL (SVA) queue")
+    run.add_argument("-f", "--force", action="store_true",
+                     help="zlib: overwrite an existing FILE.z")
     run.add_argument("-q", "--quiet", action="store_true",
                      help="no progress bar (there is none when stderr is not a terminal)")
     run.set_defaults(func=cmd_run)
@@ -337,6 +398,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.rounds < 1 or args.seconds <= 0:
         print("wrapdrive bench: --rounds must be >= 1 and --seconds > 0", file=sys.stderr)
         return 2
+    if args.plot and not args.json:
+        print("wrapdrive bench: --plot needs --json", file=sys.stderr)
+        return 2
+    for out in (args.json, args.plot):
+        if out is not None and out.is_dir():  # found now, not after the whole run
+            print(f"wrapdrive bench: {out}: {os.strerror(errno.EISDIR)}", file=sys.stderr)
+            return 1
     cases = tuple(args.case) if args.case else bench.DEFAULT_CASES
     cfg = bench.Config(cases=cases, rounds=args.rounds, seconds=args.seconds)
     results = bench.run(cfg)
@@ -352,9 +420,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.plot:
             bench.plot(args.json, args.plot)
             print(f"wrote {args.plot}", file=sys.stderr)
-    elif args.plot:
-        print("wrapdrive bench: --plot needs --json", file=sys.stderr)
-        return 2
     return 0
 
 
@@ -371,6 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrapdrive: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:
+        return 1
+    except OSError as exc:
+        # a file named on the command line that cannot be read or written
+        # (a directory, no permission, a full disk): say which, no traceback
+        if exc.filename is None:
+            raise
+        print(f"wrapdrive: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)  # end the line ^C left

@@ -361,6 +361,31 @@ class Queue:
             raise self._failed(req, f"{self.algo_type} request")
         return req
 
+    # The one-shot operations below are one C call each that stages plain memory
+    # under libwd's lock and releases the GIL: in a worker thread (asyncio.to_thread,
+    # the loop's default executor) the loop runs while the call waits for the device.
+    # run_async is for Requests on memory shared with the queue; these are for bytes.
+    async def crc32c_async(self, data: Data, value: int = 0) -> int:
+        """``await q.crc32c_async(data)``: crc32c() in a worker thread, so the
+        event loop runs while the device works.  ``data`` must not change
+        until the call returns."""
+        return await asyncio.to_thread(self.crc32c, data, value)
+
+    async def sha256_async(self, data: Data) -> bytes:
+        """``await q.sha256_async(data)``: sha256() in a worker thread, so the
+        event loop runs while the device works."""
+        return await asyncio.to_thread(self.sha256, data)
+
+    async def compress_async(self, data: Data) -> bytes:
+        """``await q.compress_async(data)``: compress() in a worker thread, so
+        the event loop runs while the device works."""
+        return await asyncio.to_thread(self.compress, data)
+
+    async def decompress_async(self, data: Data, max_size: int = abi.WD_MAX_LEN) -> bytes:
+        """``await q.decompress_async(data)``: decompress() in a worker thread,
+        so the event loop runs while the device works."""
+        return await asyncio.to_thread(self.decompress, data, max_size)
+
     def _failed(self, req: Request, what: str) -> WrapDriveError:
         """A request that came back with a bad status; one the kernel aborted because
         the queue died is the queue's death (libwd's outcome does the same)."""
