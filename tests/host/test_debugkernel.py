@@ -266,7 +266,8 @@ def test_carried_patches_apply_to_their_source(tmp_path: Path) -> None:
         if not src.tarball.is_file():
             pytest.skip(f"{src.tarball} not installed")
         for patch in patches:
-            files = [line[6:].split("\t")[0].strip() for line in patch.read_text().splitlines() if line.startswith("+++ b/")]
+            lines = patch.read_text().splitlines()
+            files = [line[6:].split("\t")[0].strip() for line in lines if line.startswith("+++ b/")]
             members = [f"linux-source-{src.name}/{f}" for f in files]
             subprocess.run(["tar", "-xJf", str(src.tarball), "-C", str(tmp_path), "--strip-components=1", *members],
                            check=True, timeout=600)  # fmt: skip
