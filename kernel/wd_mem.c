@@ -785,7 +785,8 @@ static bool wd_dma_maps_revoke(struct wd_queue *q, u64 first, u64 last)
 static unsigned long wd_fence_ttl(struct wd_queue *q, u64 first, u64 last)
 {
 	lockdep_assert_held(&q->pin_lock);
-	if (first == q->unmap_first && last == q->unmap_last &&
+	if (q->unmap_ttl && first == q->unmap_first &&
+	    last == q->unmap_last &&
 	    time_before(jiffies, q->unmap_at + WD_RETRY_WINDOW))
 		q->unmap_ttl = min_t(unsigned long, 2 * q->unmap_ttl,
 				     WD_FENCE_TTL_MAX);
