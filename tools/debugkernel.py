@@ -687,11 +687,16 @@ def find_reports(lines: Iterable[str]) -> list[str]:
     return [ln for ln in lines if REPORT.search(ln)]
 
 
+# Prefix of the kernel log's lines in the boot check's output: `build.py run` relays only the
+# guest's lines that do not look like kernel log lines (the console has those already).
+KMSG_PREFIX = "kmsg| "
+
+
 def boot_check_command() -> list[str]:
     """Guest command: lockdep's state, then the whole kernel log, between markers."""
     script = (
         f"echo {BOOT_MARK}-LOCKDEP; cat /proc/lockdep_stats; "
-        f"echo {BOOT_MARK}-DMESG; dmesg; echo {BOOT_MARK}-END"
+        f"echo {BOOT_MARK}-DMESG; dmesg | sed 's/^/{KMSG_PREFIX}/'; echo {BOOT_MARK}-END"
     )
     return ["sh", "-c", script]
 
@@ -702,10 +707,11 @@ class BootVerdict:
     reports: list[str]
     uptime_at_script: float | None
     dmesg_lines: int
+    saw_banner: bool = False  # the log's "Linux version" line: the whole log was read
 
     @property
     def clean(self) -> bool:
-        return self.debug_locks == 1 and not self.reports
+        return self.debug_locks == 1 and not self.reports and self.saw_banner
 
 
 def judge_boot(output: str) -> BootVerdict:
@@ -715,6 +721,7 @@ def judge_boot(output: str) -> BootVerdict:
     reports: list[str] = []
     uptime: float | None = None
     n = 0
+    banner = False
     for line in output.splitlines():
         if line.startswith(f"{BOOT_MARK}-"):
             section = line[len(BOOT_MARK) + 1 :].strip()
@@ -724,12 +731,14 @@ def judge_boot(output: str) -> BootVerdict:
             if m:
                 debug_locks = int(m.group(1))
         elif section == "DMESG":
+            line = line.removeprefix(KMSG_PREFIX)
             n += 1
+            banner = banner or "Linux version" in line
             reports += find_reports([line])
             if uptime is None and "virtme-ng-init: starting script" in line:
                 m = re.match(r"\[\s*([0-9.]+)\]", line)
                 uptime = float(m.group(1)) if m else None
-    return BootVerdict(debug_locks, reports, uptime, n)
+    return BootVerdict(debug_locks, reports, uptime, n, banner)
 
 
 def boots(spec: str, count: int, timeout: float, log: Log = _log, save: Path | None = None) -> int:
@@ -758,6 +767,7 @@ def boots(spec: str, count: int, timeout: float, log: Log = _log, save: Path | N
             f"boot {i}/{count}: {'clean' if ok else 'NOT CLEAN'}; exit {rc}, debug_locks {v.debug_locks}, "
             f"{len(v.reports)} report line(s), script at {v.uptime_at_script}s uptime, "
             f"{time.monotonic() - t0:.0f}s wall, {v.dmesg_lines} dmesg lines"
+            + ("" if v.saw_banner else " (NOT the whole log: no 'Linux version' line)")
         )
         for r in v.reports[:20]:
             log(f"    {r}")

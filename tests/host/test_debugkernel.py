@@ -438,6 +438,31 @@ def test_boot_check_command_prints_lockdep_state_and_log() -> None:
     assert cmd[:2] == ["sh", "-c"] and "/proc/lockdep_stats" in cmd[2] and "dmesg" in cmd[2]
 
 
+def test_boot_check_log_lines_survive_the_relay(tmp_path: Path) -> None:
+    """build.py run relays only lines that do not look like kernel log lines, so the check
+    prefixes the log (before, it judged 3 lines of a 500-line log and called it clean)."""
+    import vm
+
+    fake_dmesg = tmp_path / "dmesg"
+    fake_dmesg.write_text("#!/bin/sh\nprintf '[    0.000000] Linux version 6.1\\n[    1.5] WARNING: x\\n'\n")
+    fake_dmesg.chmod(0o755)
+    cat = tmp_path / "cat"
+    cat.write_text("#!/bin/sh\necho ' debug_locks: 1'\n")
+    cat.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}")
+    out = subprocess.run(dk.boot_check_command(), capture_output=True, text=True, env=env, check=True).stdout
+    relayed = "\n".join(ln for ln in out.splitlines() if not vm.is_kernel_line(ln))
+    v = dk.judge_boot(relayed)
+    assert v.saw_banner and v.dmesg_lines == 2 and v.debug_locks == 1
+    assert v.reports == ["[    1.5] WARNING: x"] and not v.clean
+
+
+def test_a_boot_check_that_did_not_see_the_log_is_not_clean() -> None:
+    out = f"{dk.BOOT_MARK}-LOCKDEP\n debug_locks: 1\n{dk.BOOT_MARK}-DMESG\nsome line\n{dk.BOOT_MARK}-END\n"
+    v = dk.judge_boot(out)
+    assert v.debug_locks == 1 and not v.reports and not v.saw_banner and not v.clean
+
+
 def test_judge_clean_boot_recorded() -> None:
     """`tools/debugkernel.py boots` on the debug kernel as built: a whole virtme-ng boot."""
     v = dk.judge_boot((DATA / "debug-boot-clean.txt").read_text())
@@ -460,6 +485,7 @@ def test_early_kasan_report_recorded() -> None:
 def test_judge_boot_does_not_take_the_rcu_banner_for_a_report() -> None:
     out = (
         f"{dk.BOOT_MARK}-LOCKDEP\n debug_locks:                             1\n{dk.BOOT_MARK}-DMESG\n"
+        "[    0.000000] Linux version 6.1.192-wd-debug\n"
         "[    0.000000] rcu: RCU lockdep checking is enabled.\n"
         "[    0.100000] Lock dependency validator: Copyright (c) 2006 Red Hat, Inc., Ingo Molnar\n"
         f"{dk.BOOT_MARK}-END\n"
