@@ -68,7 +68,11 @@ def failslab_counts_sleeping_allocations():
 
 def with_nth_failure(nth, fn):
     """Run fn with the nth slab allocation of this thread failing; returns
-    (fn's result or the OSError it raised, whether the failure happened)."""
+    (fn's result or the OSError it raised, whether the failure happened).
+
+    One fd, opened before arming (an open after it would count allocations
+    too).  fail-nth cannot seek (ESPIPE on 6.1); a write leaves the file
+    position alone, so the read after it starts at 0."""
     path = "/proc/thread-self/fail-nth"
     fd = os.open(path, os.O_RDWR)
     try:
@@ -77,11 +81,9 @@ def with_nth_failure(nth, fn):
             res = fn()
         except OSError as e:
             res = e
-        os.lseek(fd, 0, os.SEEK_SET)
         left = int(os.read(fd, 32).decode().strip() or "0")
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, b"0")  # disarm whatever is left
     finally:
+        os.write(fd, b"0")  # disarm whatever is left, whatever happened
         os.close(fd)
     return res, left == 0
 

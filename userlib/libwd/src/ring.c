@@ -277,8 +277,9 @@ static int publish_locked(struct wd_queue_priv *p)
 		p->kicks++;
 		if (pwrite(p->kick_fd, &tail, sizeof(tail), p->kick_off) != sizeof(tail)) {
 			if (errno == ENODEV) {
+				/* Refused because the queue is stopping: its death. */
 				p->dead = 1;
-				return wd_err(ENODEV, "kick");
+				return wd_fail(-ENODEV, "queue is dead: its device went away (kick refused)");
 			}
 			return wd_err(errno, "kick (pwrite of the doorbell)");
 		}
