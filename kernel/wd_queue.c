@@ -244,11 +244,21 @@ static int wd_queue_start(struct wd_queue *q)
 	return 0;
 }
 
+/* The engine no longer writes status: it is ours now. */
+static void wd_queue_set_dead(struct wd_queue *q, u32 why)
+{
+	q->status = (q->status & ~WD_Q_ENGINE_IDLE) | WD_Q_DEAD | why;
+	WRITE_ONCE(q->hdr->status, q->status);
+}
+
 /*
  * Take @q back from the driver: user mappings leave its doorbell page
  * first, then queue_close, then whatever @q holds of user memory goes.
+ * A queue dying for @dead_why says so right after queue_close, before its
+ * memory goes (a while, for a full pin cache on a slow machine): whoever
+ * reaps a completion the close aborted finds WD_Q_DEAD with it.
  */
-static void wd_queue_stop(struct wd_queue *q)
+static void wd_queue_stop(struct wd_queue *q, bool dying, u32 dead_why)
 {
 	const struct wd_accel_ops *ops = q->accel->ops;
 
@@ -260,6 +270,8 @@ static void wd_queue_stop(struct wd_queue *q)
 	if (ops->queue_close)
 		ops->queue_close(q);
 	WRITE_ONCE(q->serving, false);
+	if (dying)
+		wd_queue_set_dead(q, dead_why);
 	wd_mem_release(q);
 	q->has_drv_db = false;
 	q->db = q->own_db;
@@ -289,7 +301,7 @@ int wd_queue_reset_locked(struct wd_queue *q)
 	lockdep_assert_held(&q->lock);
 	if (q->state != WD_QS_STARTED)
 		return -ENODEV;
-	wd_queue_stop(q);
+	wd_queue_stop(q, false, 0);
 	WRITE_ONCE(q->state, WD_QS_STOPPED);
 	ret = wd_queue_start(q);
 	if (ret) {
@@ -312,13 +324,11 @@ void wd_queue_kill_locked(struct wd_queue *q, u32 why)
 	if (q->state == WD_QS_CLOSED)
 		return;
 	if (q->state != WD_QS_DEAD) {
-		wd_queue_stop(q);
+		wd_queue_stop(q, true, why);
 		WRITE_ONCE(q->state, WD_QS_DEAD);
 		wd_queue_forbid_mmap(q);
 	}
-	/* The engine no longer writes status: it is ours now. */
-	q->status = (q->status & ~WD_Q_ENGINE_IDLE) | WD_Q_DEAD | why;
-	WRITE_ONCE(q->hdr->status, q->status);
+	wd_queue_set_dead(q, why);
 	/* DEAD is visible before the eventfd wakes the user. */
 	smp_mb();
 	wd_queue_signal(q, true);
@@ -327,6 +337,6 @@ void wd_queue_kill_locked(struct wd_queue *q, u32 why)
 void wd_queue_close_locked(struct wd_queue *q)
 {
 	lockdep_assert_held(&q->lock);
-	wd_queue_stop(q);
+	wd_queue_stop(q, false, 0);
 	WRITE_ONCE(q->state, WD_QS_CLOSED);
 }
