@@ -202,3 +202,64 @@ def test_request_queue_async_cancelled_closes_what_it_opened(
 
     asyncio.run(main())
     assert len(opened) == 1 and opened[0].closed
+
+
+class _ArmWaitAfter:
+    """wrapdrive.queue's ``lib`` with one change: ``before()`` runs just before each
+    wd_arm_wait (the moment a device's completions may land)."""
+
+    def __init__(self, real: Any, before: Callable[[], None]) -> None:
+        self._real = real
+        self._before = before
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def wd_arm_wait(self, q: Any) -> int:
+        self._before()
+        return int(self._real.wd_arm_wait(q))
+
+
+def test_a_task_that_drains_the_signal_wakes_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Task A sleeps on the eventfd; task C's wd_arm_wait drains the signal of A's
+    completion, then C reaps A's completion and its own and returns.  A must be woken
+    (it hung in CI's vm-6.1 run: the loop sat in select with A's request done)."""
+    from wrapdrive import WD_OP_CRC32C, Request
+    from wrapdrive import queue as queue_mod
+    from wrapdrive.abi import ffi
+
+    sim = SimQueue()
+    q = Queue.__new__(Queue)
+    q._released = False
+    q.q = sim.q
+    q.algo_type = "crc32c"
+    q.opcodes = (WD_OP_CRC32C,)
+    q._in_flight = set()
+    q._async_waiters = []
+    q._async_loop = None
+    q.efd = sim.efd
+    data = ffi.new("char[]", b"payload")
+    addr = int(ffi.cast("uintptr_t", data))
+    calls = {"arm": 0}
+
+    def device_lands_both() -> None:
+        calls["arm"] += 1
+        if calls["arm"] == 2:  # C's first wait: A's and C's requests complete now
+            sim.complete_all(RESULT)
+
+    monkeypatch.setattr(queue_mod, "lib", _ArmWaitAfter(queue_mod.lib, device_lands_both))
+    a = Request(WD_OP_CRC32C, addr, 7)
+    c = Request(WD_OP_CRC32C, addr, 7)
+
+    async def main() -> None:
+        ta = asyncio.create_task(q.run_async(a))
+        await asyncio.sleep(0.01)  # A sent, found nothing, armed and sleeps
+        assert not ta.done() and calls["arm"] == 1
+        await asyncio.wait_for(asyncio.gather(ta, q.run_async(c)), 5)
+
+    try:
+        asyncio.run(main())
+        assert a.c.status == 0 and c.c.status == 0 and calls["arm"] == 2
+    finally:
+        q._released = True
+        sim.close()

@@ -310,18 +310,28 @@ class Queue:
 
     # -- asyncio -----------------------------------------------------------------------
     def _on_eventfd(self) -> None:
-        waiters, self._async_waiters = self._async_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        self._wake_async_waiters()
         if not self._async_waiters and self._async_loop is not None:
             self._async_loop.remove_reader(self.efd)
             self._async_loop = None
 
+    def _wake_async_waiters(self) -> None:
+        """Every task asleep in _wait_async looks at the ring again."""
+        waiters, self._async_waiters = self._async_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
     async def _wait_async(self) -> None:
         """The event loop sleeps until the queue's state changes (libwd's
-        wd_arm_wait: drain, arm, re-check)."""
+        wd_arm_wait: drain, arm, re-check).
+
+        The eventfd is one for all the tasks waiting on this queue, and each
+        wd_arm_wait drains it: a task that finds the state changed may have
+        drained the signal others sleep on, so it wakes them; so does a task
+        that reaps a completion (it may be another task's request)."""
         if not lib.wd_arm_wait(self._usable()):
+            self._wake_async_waiters()
             return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
@@ -336,6 +346,7 @@ class Queue:
         while True:
             req = self.recv()
             if req is not None:
+                self._wake_async_waiters()
                 return req
             if self.dead:
                 raise QueueDeadError()
@@ -353,7 +364,9 @@ class Queue:
         recv_async on the same queue: it would take their requests)."""
         await self.send_async(req)
         while req.status < 0:
-            if self.recv() is None and req.status < 0:
+            if self.recv() is not None:
+                self._wake_async_waiters()
+            elif req.status < 0:
                 if self.dead:
                     raise QueueDeadError()
                 await self._wait_async()
