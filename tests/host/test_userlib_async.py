@@ -26,6 +26,7 @@ from wrapdrive import (
     NoDeviceError,
     Queue,
     QueueReleasedError,
+    abi,
     api,
     request_queue_async,
 )
@@ -58,6 +59,21 @@ class Device(threading.Thread):
             self.sim.complete_all(RESULT)
 
 
+def queue_on(sim: SimQueue, algo: str) -> Queue:
+    """A Queue for ``algo`` on the SimQueue's ring (no device to open: the ring is
+    attached already), with the state Queue.__init__ would give it."""
+    q = Queue.__new__(Queue)
+    q._released = False
+    q.q = sim.q
+    q.algo_type = algo
+    q.opcodes = (abi.WD_OP_NOP, *abi.ALGO_OPCODES.get(algo, ()))
+    q._in_flight = set()
+    q._async_waiters = []
+    q._async_loop = None
+    q.efd = sim.efd
+    return q
+
+
 @pytest.fixture
 def sim_queue() -> Iterator[Callable[[str], tuple[Queue, Device, threading.Event]]]:
     """A Queue for an algorithm, on libwd's ring over a simulated device."""
@@ -65,10 +81,7 @@ def sim_queue() -> Iterator[Callable[[str], tuple[Queue, Device, threading.Event
 
     def make(algo: str) -> tuple[Queue, Device, threading.Event]:
         sim = SimQueue()
-        q = Queue.__new__(Queue)  # no device to open: the ring is attached already
-        q._released = False
-        q.q = sim.q
-        q.algo_type = algo
+        q = queue_on(sim, algo)
         gate = threading.Event()
         dev = Device(sim, gate)
         dev.start()
@@ -229,15 +242,7 @@ def test_a_task_that_drains_the_signal_wakes_the_others(monkeypatch: pytest.Monk
     from wrapdrive.abi import ffi
 
     sim = SimQueue()
-    q = Queue.__new__(Queue)
-    q._released = False
-    q.q = sim.q
-    q.algo_type = "crc32c"
-    q.opcodes = (WD_OP_CRC32C,)
-    q._in_flight = set()
-    q._async_waiters = []
-    q._async_loop = None
-    q.efd = sim.efd
+    q = queue_on(sim, "crc32c")
     data = ffi.new("char[]", b"payload")
     addr = int(ffi.cast("uintptr_t", data))
     calls = {"arm": 0}
