@@ -137,14 +137,15 @@ NAME_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="/
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture],
           deadline=None)
-@given(st.text(NAME_CHARS, min_size=1, max_size=12).filter(lambda s: s not in (".", "..")))
+# "-" is standard input to sha256sum and to `wrapdrive run` alike: not a file name.
+@given(st.text(NAME_CHARS, min_size=1, max_size=12).filter(lambda s: s not in (".", "..", "-")))
 def test_file_names_print_like_sha256sum(tmp_path: Path, name: str) -> None:
     try:
         (tmp_path / name).write_bytes(b"x")
     except OSError:  # a name the filesystem refuses (too long in bytes)
         return
     try:
-        ref = subprocess.run(["sha256sum", name], cwd=tmp_path, capture_output=True,
+        ref = subprocess.run(["sha256sum", "--", name], cwd=tmp_path, capture_output=True,
                              check=True).stdout.decode("utf-8", "surrogateescape")
         prefix, shown = cli.sum_name(name)
         digest = hashlib.sha256(b"x").hexdigest()
