@@ -77,10 +77,38 @@ _KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] ")
 CONTEXT_LINES = 60
 
 
+# An allocation failure the kernel's fault injection forced (failslab, fail_page_alloc,
+# fail-nth) prints "FAULT_INJECTION: forcing a failure." and its parameters; a vmalloc or a
+# page allocation that fails because of it then reports through warn_alloc(), with a stack
+# dump.  That dump is the injected fault's echo, not a bug: it is excused when it starts
+# within a few lines of the injection, up to its </TASK>: only its "Call Trace:" line
+# would match a pattern, and any other line that does (a BUG, KASAN ...) still counts.
+_INJECTED = re.compile(r"FAULT_INJECTION: forcing a failure")
+_WARN_ALLOC = re.compile(r": (?:vmalloc error: |page allocation failure: )")
+INJECTION_REACH = 4  # kernel log lines from the injection to warn_alloc's header
+
+
 def find_splats(lines: Iterable[str]) -> list[str]:
     """The kernel log lines that show a bug, a warning, an oops or a checker's report
-    (the harness's own marker lines never count)."""
-    return [ln for ln in lines if _SPLAT.search(ln) and MARK not in ln]
+    (the harness's own marker lines never count, nor warn_alloc's stack for a failure that
+    fault injection forced)."""
+    found = []
+    since_injection = INJECTION_REACH + 1
+    in_echo = False
+    for ln in lines:
+        text = message(ln)
+        since_injection += 1
+        if _INJECTED.search(text):
+            since_injection = 0
+        elif _WARN_ALLOC.search(text) and since_injection <= INJECTION_REACH:
+            in_echo = True
+        elif in_echo and "</TASK>" in text:
+            in_echo = False
+        elif in_echo and text.startswith("Call Trace"):
+            continue
+        elif _SPLAT.search(ln) and MARK not in ln:
+            found.append(ln)
+    return found
 
 
 def message(line: str) -> str:

@@ -219,6 +219,40 @@ def test_debug_kernel_boot_lines_are_not_splats() -> None:
     assert verdict.find_splats(reports) == reports
 
 
+# What the debug kernel printed when fail-nth failed finit_module's vmalloc (stop 18)
+INJECTED_VMALLOC = [
+    "[  685.349503] FAULT_INJECTION: forcing a failure.",
+    "[  685.349503] name failslab, interval 1, probability 0, space 0, times 1",
+    "[  685.353292] python: vmalloc error: size 163096, vm_struct allocation failed, "
+    "mode:0xcc0(GFP_KERNEL), nodemask=(null),cpuset=/,mems_allowed=0-1",
+    "[  685.357962] CPU: 1 PID: 140 Comm: python Tainted: G           O       6.1.192-wd-debug #1",
+    "[  685.357962] Call Trace:",
+    "[  685.357962]  <TASK>",
+    "[  685.357962]  dump_stack_lvl+0x4c/0x63",
+    "[  685.357962]  warn_alloc.cold+0x95/0x1a7",
+    "[  685.357962]  vmalloc+0x86/0xc0",
+    "[  685.357962]  kernel_read_file+0x3c1/0x680",
+    "[  685.357962]  </TASK>",
+    "[  685.378878] Mem-Info:",
+]
+
+
+def test_an_injected_allocation_failure_s_warn_alloc_stack_is_not_a_splat() -> None:
+    assert verdict.find_splats(INJECTED_VMALLOC) == []
+
+
+def test_warn_alloc_without_an_injection_and_reports_inside_the_echo_still_count() -> None:
+    real = INJECTED_VMALLOC[2:]  # the same failure, nothing forced it
+    assert verdict.find_splats(real) == ["[  685.357962] Call Trace:"]
+    kasan = "[  685.357962] BUG: KASAN: slab-out-of-bounds in kernel_read_file+0x3c1/0x680"
+    inside = [*INJECTED_VMALLOC[:8], kasan, *INJECTED_VMALLOC[8:]]
+    assert verdict.find_splats(inside) == [kasan]
+    # the echo ends at </TASK>: a second stack after it is judged on its own
+    assert verdict.find_splats([*INJECTED_VMALLOC, *real[2:4]]) == ["[  685.357962] Call Trace:"]
+    far = [*INJECTED_VMALLOC[:2], *["[  685.35] kobject: x"] * verdict.INJECTION_REACH, *real]
+    assert verdict.find_splats(far) == ["[  685.357962] Call Trace:"]
+
+
 def test_a_report_during_boot_is_judged_apart_from_ours(tmp_path: Path) -> None:
     out = copy(tmp_path, "run-splat")
     for f in out.glob("kmsg-*.txt"):
