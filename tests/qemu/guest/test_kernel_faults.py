@@ -43,7 +43,10 @@ pytestmark = pytest.mark.skipif(
 
 @contextlib.contextmanager
 def knobs(settings):
-    """Fault-injection debugfs files set for a while, restored after."""
+    """Fault-injection debugfs files set in the order given, for a while, restored after
+    in the reverse order.  The order matters: a caller sets task-filter before probability,
+    and restoring task-filter first would make every task in the guest fail allocations
+    at random until probability is back to 0 (stop 18: the runner died of ENOMEM)."""
     saved = {}
     try:
         for path, value in settings.items():
@@ -52,7 +55,7 @@ def knobs(settings):
                 kv.write(path, value)
         yield
     finally:
-        for path, value in saved.items():
+        for path, value in reversed(saved.items()):
             kv.write(path, value)
 
 
