@@ -72,18 +72,29 @@ def test_create_remove_available_instances():
     assert read(f"{d}/available_instances") == "4096"
 
 
+# A device's pool: 4,096 queues, all types together.  The production kernels' sessions fill
+# it whole; vm-debug makes $WD_POOL_QUEUES of them, because under KASAN, lockdep and TCG each
+# mdev (and its iommu group) costs more the more there are: 0.1 s at first, 0.4 s at 2,500.
+# test_max_queues_parameter fills a smaller pool there.
+POOL = 4096
+POOL_QUEUES = int(os.environ.get("WD_POOL_QUEUES", str(POOL)))
+
+
 @pytest.mark.slow
 def test_4096_queues():
+    assert 0 < POOL_QUEUES <= POOL, f"WD_POOL_QUEUES={POOL_QUEUES}: 1 to {POOL}"
     d = type_dir("wd_dummy.1", "memcpy")
     made = []
     try:
-        for _ in range(4096):
+        for _ in range(POOL_QUEUES):
             made.append(create_mdev("wd_dummy.1", "memcpy"))
-        assert read(f"{d}/available_instances") == "0"
-        assert read(f"{type_dir('wd_dummy.1', 'zlib')}/available_instances") == "0"
-        with pytest.raises(OSError):
-            create_mdev("wd_dummy.1", "zlib")
+        assert read(f"{d}/available_instances") == str(POOL - POOL_QUEUES)
+        assert read(f"{type_dir('wd_dummy.1', 'zlib')}/available_instances") == str(POOL - POOL_QUEUES)
+        if POOL_QUEUES == POOL:
+            with pytest.raises(OSError):
+                create_mdev("wd_dummy.1", "zlib")
     finally:
         for u in made:
             remove_mdev(u)
-    assert read(f"{d}/available_instances") == "4096"
+    print(f"[pool] {len(made)} of {POOL} queues made and removed")
+    assert read(f"{d}/available_instances") == str(POOL)
