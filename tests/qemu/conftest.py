@@ -8,7 +8,9 @@ Options (also settable by environment):
   --machine M         machine profiles to boot (tools/machine.py); repeatable ($WD_MACHINES;
                       default all: `default` runs the suite, each other profile boots once
                       more per kernel for the in-guest files it names, test_edu_*.py)
-  --guest-tests PATH  folder (or file) of in-guest tests ($WD_GUEST_TESTS; default tests/qemu/guest)
+  --guest-tests PATH  in-guest test files: a folder (its test_*.py), a file, or a glob such as
+                      tests/qemu/guest/test_kernel_*.py; repeatable ($WD_GUEST_TESTS, comma-separated;
+                      default tests/qemu/guest)
   --vm-timeout S      limit for one guest's whole run ($WD_VM_TIMEOUT; default 2700)
   --guest-test-timeout S   limit for one in-guest test unless marked slow (default 60)
   --guest-timeout-scale X  multiplies every in-guest limit, for a slow (debug) kernel
@@ -57,7 +59,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("wrapdrive VM suite")
     g.addoption("--kernel", action="append", default=None, help="6.1, 6.12 or PATH; repeatable")
     g.addoption("--machine", action="append", default=None, help="machine profile(s) to boot; repeatable")
-    g.addoption("--guest-tests", default=None, help="folder or file of in-guest pytest files")
+    g.addoption("--guest-tests", action="append", default=None,
+                help="in-guest pytest files: a folder, a file or a glob; repeatable")
     g.addoption("--vm-timeout", type=float, default=None, help="seconds for one guest's whole run")
     g.addoption(
         "--guest-test-timeout",
@@ -116,11 +119,17 @@ def boots(config: pytest.Config) -> list[str]:
 
 
 def guest_test_files(config: pytest.Config) -> list[Path]:
-    raw = config.getoption("--guest-tests") or os.environ.get("WD_GUEST_TESTS")
-    root = Path(raw).resolve() if raw else DEFAULT_GUEST_TESTS
-    if root.is_file():
-        return [root]
-    return sorted(root.glob("test_*.py")) if root.is_dir() else []
+    raws = config.getoption("--guest-tests") or [p for p in os.environ.get("WD_GUEST_TESTS", "").split(",") if p]
+    files: set[Path] = set()
+    for raw in raws or [str(DEFAULT_GUEST_TESTS)]:
+        path = Path(raw).resolve()
+        if path.is_file():
+            files.add(path)
+        elif path.is_dir():
+            files.update(path.glob("test_*.py"))
+        else:  # a glob: its last component, in the folder before it
+            files.update(p for p in path.parent.glob(path.name) if p.is_file())
+    return sorted(files)
 
 
 def _boot_id(name: str) -> str:
