@@ -1,12 +1,15 @@
 """Error paths, driven by the kernel's fault injection (kernels with
 CONFIG_FAILSLAB and fail-nth, such as the debug kernel; skipped elsewhere).
 
-Each test makes the 1st, 2nd, 3rd ... slab allocation of one operation fail in
-turn, until an attempt makes no allocation fail: loading wd_dummy (module,
-platform devices, the accelerators' registration), creating a queue (the mdev
-probe) and opening it (VFIO open: regions, the mm notifier, the driver's
-queue_open).  Every failure must unwind: no oops, and the next attempt works;
-kmemleak, when present, must find nothing of WrapDrive's left behind.
+Each test counts the allocations one operation makes (fail-nth, set high, counts
+down), then makes the nth of them fail, for every n or, when there are more than
+$WD_FAULT_NTHS (default FAULT_NTHS; 0 means every one), for that many n spread
+evenly from the first to the last: loading wd_dummy (module, platform devices,
+the accelerators' registration), creating a queue (the mdev probe) and opening it
+(VFIO open: regions, the mm notifier, the driver's queue_open).  Every failure
+must unwind: no oops, and the next attempt works; kmemleak, when present, must
+find nothing of WrapDrive's left behind.  (On the debug kernel under TCG a load
+of wd_dummy takes 5-13 s: the 1st, 2nd, 3rd ... in turn would take an hour.)
 
 The same for mapping a queue (mmap of every region) and its memory (VFIO_IOMMU_MAP_DMA,
 which reaches our dma_unmap on the way back), with fail_page_alloc counted as well as
@@ -18,6 +21,7 @@ An injected fault prints one FAULT_INJECTION line (verbose 1): the stack dump of
 default (verbose 2) is not a bug, and the harness would take its Call Trace for one."""
 import contextlib
 import ctypes
+import errno
 import os
 import subprocess
 import sys
@@ -30,8 +34,11 @@ import kernel_vfio as kv  # noqa: E402
 
 FAILSLAB = "/sys/kernel/debug/failslab"
 FAIL_PAGE_ALLOC = "/sys/kernel/debug/fail_page_alloc"
+FAIL_USERCOPY = "/sys/kernel/debug/fail_usercopy"
 MODDIR = os.environ.get("WD_MODULE_DIR", "")
-MAX_NTH = 5000
+FAULT_NTHS = 12
+NTHS = int(os.environ.get("WD_FAULT_NTHS", str(FAULT_NTHS)))
+COUNTING = 1 << 30  # fail-nth while counting: never reached
 SYS_FINIT_MODULE = 313
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -62,20 +69,42 @@ def knobs(settings):
 def failslab_counts_sleeping_allocations():
     """fail-nth counts only allocations failslab and fail_page_alloc look at: make them
     look at GFP_KERNEL ones too (by default they ignore allocations that may sleep).
-    User pages (highmem) stay out: a failed user page fault only retries."""
+    User pages (highmem) stay out: a failed user page fault only retries.  It counts
+    user copies too (fail_usercopy), and each injection prints one line, no stack."""
     return knobs({f"{FAILSLAB}/ignore-gfp-wait": "N", f"{FAILSLAB}/verbose": "1",
                   f"{FAIL_PAGE_ALLOC}/ignore-gfp-wait": "N",
                   f"{FAIL_PAGE_ALLOC}/min-order": "0",
-                  f"{FAIL_PAGE_ALLOC}/verbose": "1"})
+                  f"{FAIL_PAGE_ALLOC}/verbose": "1",
+                  f"{FAIL_USERCOPY}/verbose": "1"})
+
+
+def allocations_of(fn):
+    """(how many allocations fn made that failslab or fail_page_alloc look at, fn's
+    result): fn runs whole, fail-nth counting down from a number it never reaches."""
+    res, left = with_nth_failure(COUNTING, fn)
+    return COUNTING - left, res
+
+
+def nths_of(count, budget=NTHS):
+    """Which allocations to fail, of count: every one, or budget of them spread evenly
+    from the first to the last."""
+    if count <= 0:
+        return []
+    if budget <= 0 or count <= budget:
+        return list(range(1, count + 1))
+    if budget == 1:
+        return [1]
+    return sorted({1 + round(i * (count - 1) / (budget - 1)) for i in range(budget)})
 
 
 def with_nth_failure(nth, fn):
-    """Run fn with the nth slab allocation of this thread failing; returns
-    (fn's result or the OSError it raised, whether the failure happened).
+    """Run fn with the nth allocation of this thread failing; returns (fn's result or
+    the OSError it raised, what fail-nth had left: 0 when the nth allocation failed).
 
     One fd, opened before arming (an open after it would count allocations
     too).  fail-nth cannot seek (ESPIPE on 6.1); a write leaves the file
-    position alone, so the read after it starts at 0."""
+    position alone, so the read after it starts at 0.  Besides allocations,
+    fail-nth counts user copies (CONFIG_FAULT_INJECTION_USERCOPY)."""
     path = "/proc/thread-self/fail-nth"
     fd = os.open(path, os.O_RDWR)
     try:
@@ -84,11 +113,18 @@ def with_nth_failure(nth, fn):
             res = fn()
         except OSError as e:
             res = e
-        left = int(os.read(fd, 32).decode().strip() or "0")
+        try:
+            left = int(os.read(fd, 32).decode().strip() or "0")
+        except OSError as e:
+            # fail-nth counts user copies too (fail_usercopy): with 1 left, this read's
+            # own copy is the nth and fails.  fn made one allocation fewer than nth.
+            if e.errno != errno.EFAULT:
+                raise
+            left = 1
     finally:
         os.write(fd, b"0")  # disarm whatever is left, whatever happened
         os.close(fd)
-    return res, left == 0
+    return res, left
 
 
 def _finit(fd, params):
@@ -103,28 +139,44 @@ def _loaded(name):
     return os.path.exists(f"/sys/module/{name}")
 
 
+def fail_each(label, fn, after=lambda res: None):
+    """fn once whole, counting its allocations, then again with each allocation
+    nths_of() picks failing; after(fn's result or error) follows every run (the
+    caller's checks and clean-up).  Returns how many runs had their allocation fail."""
+    count, res = allocations_of(fn)
+    after(res)
+    injected = 0
+    for nth in nths_of(count):
+        res, left = with_nth_failure(nth, fn)
+        after(res)
+        injected += left == 0
+    print(f"[faults] {label}: {count} allocations, {injected} runs with one of them failing, "
+          "each unwound")
+    assert count and injected, f"{label}: no allocation failed ({count} counted)"
+    return injected
+
+
+def _finit_wd_dummy():
+    fd = os.open(f"{MODDIR}/wd_dummy.ko", os.O_RDONLY)
+    try:
+        return _finit(fd, b"nr_devices=2")
+    finally:
+        os.close(fd)
+
+
+def _rmmod_if_loaded(_res):
+    if _loaded("wd_dummy"):
+        assert subprocess.run(["rmmod", "wd_dummy"]).returncode == 0
+
+
 def test_loading_the_driver_unwinds_every_allocation_failure():
     assert subprocess.run(["rmmod", "wd_dummy"]).returncode == 0
-    failed_at = []
     try:
         with failslab_counts_sleeping_allocations():
-            for nth in range(1, MAX_NTH):
-                fd = os.open(f"{MODDIR}/wd_dummy.ko", os.O_RDONLY)
-                try:
-                    res, hit = with_nth_failure(nth, lambda fd=fd: _finit(fd, b"nr_devices=2"))
-                finally:
-                    os.close(fd)
-                if _loaded("wd_dummy"):
-                    assert subprocess.run(["rmmod", "wd_dummy"]).returncode == 0
-                if not hit:
-                    break
-                failed_at.append(nth)
-            else:
-                pytest.fail(f"still failing after {MAX_NTH} allocations")
+            fail_each("module load", _finit_wd_dummy, _rmmod_if_loaded)
     finally:
         if not _loaded("wd_dummy"):
             assert subprocess.run(["insmod", f"{MODDIR}/wd_dummy.ko"]).returncode == 0
-    print(f"[faults] module load: {len(failed_at)} allocations failed in turn")
     assert kv.parents() == ["wd_dummy.0", "wd_dummy.1"]
     with kv.Queue("wd_dummy.0", "crc32c") as q:
         assert q.run(kv.WD_OP_NOP, tag=1)[:2] == (1, 0)
@@ -134,26 +186,27 @@ def test_loading_the_driver_unwinds_every_allocation_failure():
 def test_creating_and_opening_a_queue_unwind_every_allocation_failure():
     made = []
     create = f"{kv.type_dir('wd_dummy.0', 'sha256')}/create"
-    with failslab_counts_sleeping_allocations():
-        for nth in range(1, MAX_NTH):
-            u = str(kv.uuidlib.uuid4())
-            res, hit = with_nth_failure(nth, lambda u=u: kv.write(create, u))
-            if os.path.exists(f"{kv.MDEV_DEVICES}/{u}"):
-                made.append(u)
-            if not hit:
-                break
-        opened = 0
-        u = made[-1] if made else kv.create_mdev("wd_dummy.0", "sha256")
-        for nth in range(1, MAX_NTH):
-            res, hit = with_nth_failure(nth, lambda u=u: kv.Queue(mdev=u))
-            if isinstance(res, kv.Queue):
-                assert res.run(kv.WD_OP_NOP, tag=2)[:2] == (2, 0)
-                res.close()
-                opened += 1
-            if not hit:
-                break
-    for v in set(made) | {u}:
-        kv.remove_mdev(v)
+
+    def create_one():
+        u = str(kv.uuidlib.uuid4())
+        made.append(u)
+        kv.write(create, u)
+
+    def opened(res):
+        if isinstance(res, kv.Queue):
+            assert res.run(kv.WD_OP_NOP, tag=2)[:2] == (2, 0)
+            res.close()
+
+    try:
+        with failslab_counts_sleeping_allocations():
+            fail_each("mdev create", create_one)
+            made[:] = [u for u in made if os.path.exists(f"{kv.MDEV_DEVICES}/{u}")]
+            u = made[0]
+            fail_each("VFIO open", lambda: kv.Queue(mdev=u), opened)
+    finally:
+        for v in made:
+            if os.path.exists(f"{kv.MDEV_DEVICES}/{v}"):
+                kv.remove_mdev(v)
     t = kv.type_dir("wd_dummy.0", "sha256")
     assert kv.read(f"{t}/available_instances") == "4096"
     assert kv.dbg("pinned_pages") == 0
@@ -161,35 +214,33 @@ def test_creating_and_opening_a_queue_unwind_every_allocation_failure():
 
 
 def test_mapping_a_queue_and_its_memory_unwind_every_allocation_failure():
-    failed = {"mmap": 0, "map_dma": 0}
     with failslab_counts_sleeping_allocations(), kv.Queue("wd_dummy.0", "crc32c") as q:
         data = b"fault injection" * 300
         m = kv.mmap.mmap(-1, 1 << 16)
         m[:len(data)] = data
         vaddr = kv.ctypes.addressof(kv.ctypes.c_char.from_buffer(m))
+
+        def faulted_in(res):
+            if isinstance(res, kv.mmap.mmap):
+                sum(res[::4096])  # its pages fault in
+
         for index in range(kv.WD_NUM_REGIONS):
             prot = kv.mmap.PROT_READ if index == kv.WD_REGION_CQ else \
                 kv.mmap.PROT_READ | kv.mmap.PROT_WRITE
-            for nth in range(1, MAX_NTH):
-                res, hit = with_nth_failure(nth, lambda i=index, p=prot: q.map_region(i, prot=p))
-                if isinstance(res, kv.mmap.mmap):
-                    sum(res[::4096])  # its pages fault in
-                if not hit:
-                    break
-                failed["mmap"] += 1
+            fail_each(f"mmap of region {index}", lambda i=index, p=prot: q.map_region(i, prot=p),
+                      faulted_in)
         iova = 1 << 33
-        for nth in range(1, MAX_NTH):
-            res, hit = with_nth_failure(nth, lambda: q.map_dma(vaddr, iova, 1 << 16))
+        tags = iter(range(1, 1 << 20))
+
+        def used_and_unmapped(res):
             if res is None:  # mapped: a request on it, then unmapped
-                c = q.run(kv.WD_OP_CRC32C, iova, len(data), tag=nth)
-                assert (c.tag, c.status, c.result) == (nth, 0, kv.kernel_crc32c(data))
+                tag = next(tags)
+                c = q.run(kv.WD_OP_CRC32C, iova, len(data), tag=tag)
+                assert (c.tag, c.status, c.result) == (tag, 0, kv.kernel_crc32c(data))
                 q.unmap_dma(iova, 1 << 16)
-            if not hit:
-                break
-            failed["map_dma"] += 1
+
+        fail_each("MAP_DMA", lambda: q.map_dma(vaddr, iova, 1 << 16), used_and_unmapped)
         del m
-    print(f"[faults] mmap of the regions: {failed['mmap']} allocation failures, "
-          f"MAP_DMA: {failed['map_dma']}, each unwound")
     assert kv.dbg("pinned_pages") == 0
     assert not kv.kmemleak_of_ours()
 
