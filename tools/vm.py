@@ -50,9 +50,9 @@ STOCK_MODULES: tuple[str, ...] = ("vfio", "vfio_iommu_type1", "mdev")
 # Ours, in load order (wd_dummy links against wrapdrive).
 OUR_MODULES: tuple[str, ...] = ("wrapdrive", "wd_dummy")
 # Host environment variables handed to the in-guest tests as they are (the fuzzer's seed and
-# size, the load test's duration, how many queues the pool test makes): virtme-ng passes no
-# environment into the guest.
-GUEST_ENV_PREFIXES: tuple[str, ...] = ("WD_FUZZ_", "WD_LOAD_", "WD_POOL_")
+# size, the load test's duration, how many queues the pool test makes, how many allocations
+# each fault-injection test fails): virtme-ng passes no environment into the guest.
+GUEST_ENV_PREFIXES: tuple[str, ...] = ("WD_FUZZ_", "WD_LOAD_", "WD_POOL_", "WD_FAULT_")
 # Every module kernel/ builds: also those only a machine profile loads (tools/machine.py).
 BUILT_MODULES: tuple[str, ...] = (*OUR_MODULES, "wd_edu")
 
