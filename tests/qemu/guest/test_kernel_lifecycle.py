@@ -1,4 +1,7 @@
-"""Queue and driver lifecycle: owner death, unregister, rmmod, fork."""
+"""Queue and driver lifecycle: owner death, unregister, rmmod, fork.
+
+The kernel log of each test is judged by the harness (tools/verdict.py: every checker's
+report, in that test's own window of the log), not here."""
 import errno
 import os
 import select
@@ -11,12 +14,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import kernel_vfio as kv  # noqa: E402
 
 MODDIR = os.environ.get("WD_MODULE_DIR", "")
-
-
-def dmesg_clean():
-    out = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
-    for bad in ("BUG:", "WARNING:", "Oops", "Call Trace"):
-        assert bad not in out, out[-3000:]
 
 
 def test_owner_death_with_requests_in_flight():
@@ -45,7 +42,6 @@ def test_owner_death_with_requests_in_flight():
     assert kv.read(f"{t}/available_instances") == "4095"
     kv.remove_mdev(u)
     assert kv.read(f"{t}/available_instances") == "4096"
-    dmesg_clean()
 
 
 def test_rmmod_refused_while_queue_open():
@@ -122,7 +118,6 @@ def test_unregister_with_queue_open():
     assert not os.path.exists(f"{kv.MDEV_DEVICES}/{q.uuid}")
     with kv.Queue("wd_dummy.1", "crc32c") as q2:
         assert q2.run(kv.WD_OP_NOP, tag=3)[:2] == (3, 0)
-    dmesg_clean()
 
 
 def test_rmmod_and_reload():
@@ -141,7 +136,6 @@ def test_rmmod_and_reload():
             subprocess.run(["insmod", f"{MODDIR}/wrapdrive.ko"])
         assert subprocess.run(["insmod", f"{MODDIR}/wd_dummy.ko"]).returncode == 0
     assert kv.parents() == ["wd_dummy.0", "wd_dummy.1"]
-    dmesg_clean()
 
 
 def test_mdev_remove_while_open_asks_for_release():
@@ -166,7 +160,6 @@ def test_mdev_remove_while_open_asks_for_release():
         os.close(efd)
         assert remover.wait(60) == 0
     assert not os.path.exists(f"{kv.MDEV_DEVICES}/{q.uuid}")
-    dmesg_clean()
 
 
 def test_max_queues_parameter():
