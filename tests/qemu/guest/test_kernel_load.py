@@ -266,6 +266,16 @@ def remove_mdevs(uuids):
             time.sleep(0.05)
 
 
+def blocked_tasks_to_the_log(why):
+    """A wait ran out: the kernel's stacks of every blocked task go to its log (sysrq w),
+    which the harness shows with the test, and the test fails now, not at its limit."""
+    try:
+        kv.write("/proc/sysrq-trigger", "w")
+    except OSError as e:
+        why += f" (no stacks: sysrq: {e})"
+    return why
+
+
 def rebinder(stop, record, errors):
     """Unbind wd_dummy.1 (waits for its users to let go), bind it again, repeat."""
     while not stop.wait(UNBIND_PERIOD):
@@ -280,7 +290,8 @@ def rebinder(stop, record, errors):
             done.set()
         threading.Thread(target=unbind, daemon=True).start()
         if not done.wait(UNBIND_LIMIT):
-            errors.append(f"unbind of {FLAKY} still blocked after {UNBIND_LIMIT:.0f} s")
+            errors.append(blocked_tasks_to_the_log(
+                f"unbind of {FLAKY} still blocked after {UNBIND_LIMIT:.0f} s"))
             return
         record.append(time.monotonic() - t0)
         time.sleep(1.0)
@@ -349,9 +360,15 @@ def test_load_with_kills_and_rebinds():
             next_id += 1
     finally:
         stop.set()
+        deadline = time.monotonic() + UNBIND_LIMIT * 2
         for reaper in reapers:
-            reaper.join(UNBIND_LIMIT * 2)
-        rb.join(UNBIND_LIMIT + 5)
+            reaper.join(max(0.0, deadline - time.monotonic()))
+        rb.join(max(0.0, deadline + UNBIND_LIMIT - time.monotonic()))
+        stuck = sum(r.is_alive() for r in reapers) + rb.is_alive()
+        if stuck:
+            errors.append(blocked_tasks_to_the_log(
+                f"{stuck} reaper/rebinder thread(s) still blocked after {UNBIND_LIMIT * 2:.0f} s"))
+            raise AssertionError("\n".join(errors[:10]))
         if not os.path.exists(f"{kv.MDEV_BUS}/{FLAKY}"):
             kv.write(f"{DRIVER}/bind", FLAKY)
         for wk in workers:
