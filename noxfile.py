@@ -1,5 +1,6 @@
-"""WrapDrive's sessions.  `nox` alone runs what CI runs: debug-kernel (in the background), lint,
-unit, docs, build, vm-6.1, vm-6.12, vm-debug.
+"""WrapDrive's sessions.  `nox` alone runs what CI runs: lint, unit, docs, build, vm-6.1, vm-6.12.
+`nox -s debug-kernel lint unit docs build vm-6.1 vm-6.12 vm-debug` adds the debug kernel's run
+(not CI's yet: its load test hung once, see README).
 
 All sessions use the project's one venv (.venv, made by tools/bootstrap.sh with
 tools/requirements.txt and `pip install -e userlib`) instead of a venv each: the VM
@@ -22,7 +23,7 @@ PY = str(VENV_PY) if VENV_PY.exists() else sys.executable
 BUILD = [PY, str(REPO / "tools" / "build.py")]
 DURATIONS = 20  # the slowest tests of each pytest session, printed (in-guest ones too)
 
-nox.options.sessions = ["debug-kernel", "lint", "unit", "docs", "build", "vm-6.1", "vm-6.12", "vm-debug"]
+nox.options.sessions = ["lint", "unit", "docs", "build", "vm-6.1", "vm-6.12"]
 nox.options.default_venv_backend = "none"
 nox.options.error_on_external_run = False
 
@@ -144,8 +145,8 @@ DEBUG_PROOF = {"WD_POOL_QUEUES": "512"}
 @nox.session(name="debug-kernel", venv_backend="none")
 def debug_kernel(session: nox.Session) -> None:
     """Start building the debug kernel in the background when it is not cached, at idle
-    priority (SCHED_IDLE): it takes only the CPU the sessions before vm-debug leave idle,
-    and vm-debug waits for it (the cache's lock), or builds it itself if this build failed.
+    priority (SCHED_IDLE): it takes only the CPU the sessions run after it leave idle, and
+    vm-debug waits for it (the cache's lock), or builds it itself if this build failed.
     Its output: ~/.cache/wrapdrive/kernels/logs/ (the path is in .cache/debug-kernel.log)."""
     key = subprocess.run([PY, str(REPO / "tools" / "debugkernel.py"), "key"], capture_output=True, text=True)
     if key.returncode == 0 and key.stdout.strip().endswith(" finished"):
@@ -166,8 +167,8 @@ def vm_debug(session: nox.Session) -> None:
     has none for the current inputs (10-12 min on 2 idle cores; a build the debug-kernel
     session started is waited for).  The run counts only on a clean boot with lockdep still
     on at the start and at the end (the verdict checks both).  It holds the fuzzer, fault
-    injection and the load test at full size; the session's end scans kmemleak.  Last of
-    CI's sessions: the others' verdicts are in before the longest one starts."""
+    injection and the load test at full size; the session's end scans kmemleak.  Not one
+    of CI's sessions yet."""
     _run(session, *BUILD, "kernels", "--debug", limit=LIMIT_VM)
     files = [opt for pattern in DEBUG_FILES for opt in ("--guest-tests", pattern)]
     _vm(session, "debug", "--guest-timeout-scale", DEBUG_TIMEOUT_SCALE, "--vm-timeout", DEBUG_VM_TIMEOUT, *files,
