@@ -13,6 +13,7 @@ the duration and until the kills are done (at most 4x the duration, times the
 timeout scale).  Under TCG with a
 debug kernel a process needs seconds to open its 8 queues, so kills are spaced by
 duration/kills but only ever hit a process that has requests in flight."""
+import contextlib
 import errno
 import hashlib
 import json
@@ -70,8 +71,15 @@ class Slot:
         kv.write(f"{kv.type_dir(self.parent, self.tname)}/create", u)
         q = kv.Queue(mdev=u)
         q.own_mdev = True
-        self.buf, self.iova, _ = q.dma_buffer(PAYLOADS * PAYLOAD_LEN + BATCH * DST_LEN,
-                                              b"".join(payloads))
+        try:
+            self.buf, self.iova, _ = q.dma_buffer(PAYLOADS * PAYLOAD_LEN + BATCH * DST_LEN,
+                                                  b"".join(payloads))
+        except BaseException:
+            # An open queue is only closed through self.q: one that failed here would
+            # keep its device fd for the worker's life, and an unbind waits for it.
+            with contextlib.suppress(OSError):
+                q.close()
+            raise
         self.q = q
 
     def close(self):
@@ -266,14 +274,31 @@ def remove_mdevs(uuids):
             time.sleep(0.05)
 
 
+def vfio_device_holders():
+    """{pid: (open fds, mappings)} of the processes that hold a VFIO device open."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = sum(os.readlink(f"/proc/{pid}/fd/{fd}").endswith("[vfio-device]")
+                      for fd in os.listdir(f"/proc/{pid}/fd"))
+            with open(f"/proc/{pid}/maps") as f:
+                maps = sum("[vfio-device]" in line for line in f)
+        except OSError:
+            continue
+        if fds or maps:
+            out[int(pid)] = (fds, maps)
+    return out
+
+
 def blocked_tasks_to_the_log(why):
     """A wait ran out: the kernel's stacks of every blocked task go to its log (sysrq w),
-    which the harness shows with the test, and the test fails now, not at its limit."""
+    which the harness shows with the test, with who holds VFIO devices open; the test
+    fails now, not at its limit."""
     try:
         kv.write("/proc/sysrq-trigger", "w")
     except OSError as e:
         why += f" (no stacks: sysrq: {e})"
-    return why
+    return f"{why}; VFIO devices held by pid: (fds, mappings) {vfio_device_holders()}"
 
 
 def rebinder(stop, record, errors):
