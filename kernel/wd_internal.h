@@ -257,6 +257,8 @@ void wd_queue_forbid_mmap(struct wd_queue *q);
 /* wd_mem.c */
 void wd_mem_init(struct wd_queue *q);
 void wd_mem_release(struct wd_queue *q);
+bool wd_mem_hold_owner(struct wd_queue *q);
+void wd_mem_drop_owner(struct wd_queue *q, bool held);
 void wd_mem_dma_unmap(struct wd_queue *q, u64 iova, u64 length);
 void wd_mem_set_limits(void);
 

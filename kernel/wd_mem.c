@@ -39,6 +39,19 @@
  * DMA maps (wd_queue_dma_map()) pin like the copies and map the pages with
  * the DMA API on the parent device; an unmap of their range waits until the
  * driver has released them.
+ *
+ * The owner's mm.  type1 takes and drops a reference on the mapper's
+ * mm_users around every page it pins or unpins and every copy, with a
+ * plain mmput().  If the owner exits meanwhile, that mmput() can be the
+ * last: exit_mmap() then runs in the calling task, and the final fput() of
+ * the queue's mapped regions is put off to that task's return to user
+ * space.  A task that goes on to wait for the queue to be released (a
+ * removal: vfio_unregister_group_dev() -> wd_vfio_request() -> kill ->
+ * wd_queue_stop()) would wait for itself.  So stopping a queue holds a
+ * reference of its own over its calls into type1 (wd_mem_hold_owner()),
+ * dropped with mmput_async(): any teardown runs in a worker.  The engine
+ * needs none: a kernel thread's fput() is never put off that way.  (type1
+ * uses the mm that mapped the range: the owner, who opened the queue.)
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -855,6 +868,18 @@ void wd_mem_dma_unmap(struct wd_queue *q, u64 iova, u64 length)
 			      "the driver to release its DMA maps", iova, last);
 		mutex_lock(&q->pin_lock);
 	}
+}
+
+/* See "The owner's mm" above; true when wd_mem_drop_owner() must drop it. */
+bool wd_mem_hold_owner(struct wd_queue *q)
+{
+	return q->mm && mmget_not_zero(q->mm);
+}
+
+void wd_mem_drop_owner(struct wd_queue *q, bool held)
+{
+	if (held)
+		mmput_async(q->mm);
 }
 
 /* The queue stopped: everything it holds of user memory goes. */

@@ -257,14 +257,18 @@ static void wd_queue_set_dead(struct wd_queue *q, u32 why)
  * A queue dying for @dead_why says so right after queue_close, before its
  * memory goes (a while, for a full pin cache on a slow machine): whoever
  * reaps a completion the close aborted finds WD_Q_DEAD with it.
+ * The owner's mm is held across both (see wd_mem.c): the caller may be
+ * about to wait for @q's release.
  */
 static void wd_queue_stop(struct wd_queue *q, bool dying, u32 dead_why)
 {
 	const struct wd_accel_ops *ops = q->accel->ops;
+	bool held;
 
 	lockdep_assert_held(&q->lock);
 	if (!q->serving)
 		return;
+	held = wd_mem_hold_owner(q);
 	if (q->has_drv_db)
 		wd_queue_set_db_pfn(q, page_to_pfn(q->scratch), false);
 	if (ops->queue_close)
@@ -273,6 +277,7 @@ static void wd_queue_stop(struct wd_queue *q, bool dying, u32 dead_why)
 	if (dying)
 		wd_queue_set_dead(q, dead_why);
 	wd_mem_release(q);
+	wd_mem_drop_owner(q, held);
 	q->has_drv_db = false;
 	q->db = q->own_db;
 }

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -21,6 +22,7 @@ import wd_modules  # noqa: E402
 pytestmark = pytest.mark.slow(300)
 
 DRIVER = "/sys/bus/platform/drivers/wd_dummy"
+SCALE = float(os.environ.get("WD_TIMEOUT_SCALE", "1"))
 DEAD_AND_MAPPED = 42
 
 
@@ -175,3 +177,81 @@ def test_cli_reports_death_instead_of_a_bus_error(tmp_path):
         if unbind is not None:
             unbind.wait(60)
         _rebind("wd_dummy.1")
+
+
+# A queue whose owner keeps this many pages pinned in its cache (8 MiB): their release,
+# 64 pages at a time, is the window the next test aims at.
+CACHED_PAGES = 2048
+OWNER_DEATH_ROUNDS = 10
+
+
+def _owner_with_cached_pins(ready_w):
+    """Owns a queue on wd_dummy.0 whose engine keeps CACHED_PAGES pinned (root may
+    cache pins); says its mdev, then sleeps until it is killed."""
+    code = 3
+    try:
+        q = kv.Queue("wd_dummy.0", "crc32c")
+        q.own_mdev = False
+        data = os.urandom(CACHED_PAGES * 4096)
+        _, iova, _ = q.dma_buffer(len(data), data)
+        q.submit([kv.desc(1, kv.WD_OP_CRC32C, iova, len(data))])
+        c = q.reap(1, timeout=120.0 * SCALE)[0]
+        assert c.status == 0 and c.result == kv.kernel_crc32c(data)
+        os.write(ready_w, q.uuid.encode())
+        time.sleep(3600)
+    finally:
+        os._exit(code)
+
+
+def _remove(uuid, done):
+    kv.remove_mdev(uuid)
+    done.set()
+
+
+def test_owner_killed_while_its_queue_is_removed():
+    """The removal of a queue (here its mdev's) kills it and unpins what it cached,
+    through type1, which takes and drops a reference on the owner's mm for each page.
+    If the owner dies meanwhile, that drop can be the mm's last: its teardown then ran
+    in the removing task, and the final fput() of the queue's mapped regions waited for
+    that task's return to user space, while the task waited for the queue to be
+    released: removal hung for ever (found by the load test on the debug kernel, stop
+    20).  Each round kills the owner as soon as the unpinning has begun."""
+    limit = 60.0 * SCALE
+    for rnd in range(OWNER_DEATH_ROUNDS):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            _owner_with_cached_pins(w)
+        os.close(w)
+        removed = threading.Event()
+        try:
+            assert select.select([r], [], [], limit)[0], "the owner never got its queue"
+            uuid = os.read(r, 64).decode()
+            assert uuid, "the owner died before its queue was ready"
+            pinned = f"{kv.DEBUGFS}/wd_dummy.0/{uuid}/pinned_pages"
+            cached = int(kv.read(pinned))
+            assert cached >= CACHED_PAGES // 2, f"only {cached} pages cached"
+            remover = threading.Thread(target=_remove, args=(uuid, removed), daemon=True)
+            remover.start()
+            end = time.monotonic() + limit
+            while time.monotonic() < end:
+                try:
+                    if int(kv.read(pinned)) < cached:
+                        break  # the unpinning has begun
+                except (OSError, ValueError):
+                    break  # already gone
+                time.sleep(0.001)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pid = 0
+            assert removed.wait(limit), (
+                f"round {rnd}: the removal of {uuid} did not return {limit:.0f} s after "
+                "its owner was killed")
+            assert not os.path.exists(f"{kv.MDEV_DEVICES}/{uuid}")
+        finally:
+            os.close(r)
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+    assert kv.dbg("pinned_pages") == 0
