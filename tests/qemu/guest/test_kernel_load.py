@@ -48,6 +48,8 @@ PAYLOADS = 8
 PAYLOAD_LEN = 4096
 BATCH = 8
 DST_LEN = 8192
+# mdev -> (worker id, pid) of every queue a worker made: who to blame for one left open.
+OWNERS = {}
 OPCODE = {"crc32c": kv.WD_OP_CRC32C, "sha256": kv.WD_OP_SHA256, "memcpy": kv.WD_OP_MEMCPY,
           "zlib": kv.WD_OP_DEFLATE}
 
@@ -246,6 +248,7 @@ def pump(wk, errors):
         rec = json.loads(line)
         if "mdev" in rec:
             wk["mdevs"].append(rec["mdev"])
+            OWNERS[rec["mdev"]] = (wk["id"], wk["pid"])
         if rec.get("ready"):
             wk["ready"] = True
         if "stats" in rec:
@@ -290,15 +293,61 @@ def vfio_device_holders():
     return out
 
 
+def open_queues(owners):
+    """Every queue debugfs does not show closed: "parent/mdev state (worker id, pid, alive)"."""
+    out = []
+    for parent in sorted(os.listdir(kv.DEBUGFS)):
+        pdir = os.path.join(kv.DEBUGFS, parent)
+        for name in sorted(os.listdir(pdir)) if os.path.isdir(pdir) else ():
+            try:
+                state = kv.read(os.path.join(pdir, name, "state"))
+            except OSError:
+                continue
+            if state != "closed":
+                wid, pid = owners.get(name, (None, None))
+                alive = pid is not None and os.path.exists(f"/proc/{pid}")
+                out.append(f"{parent}/{name} {state} (worker {wid}, pid {pid}, "
+                           f"{'alive' if alive else 'gone'})")
+    return out
+
+
+def sleeping_tasks():
+    """The kernel stack of every task asleep in a syscall (S or D), outer frames last,
+    unless it only waits for its children, a pipe, a poll or the clock."""
+    idle = ("do_wait", "pipe_read", "do_select", "do_sys_poll", "hrtimer_nanosleep",
+            "ep_poll", "futex_wait", "do_epoll_wait", "worker_thread", "kthreadd",
+            "rcu_gp_kthread", "smpboot_thread_fn", "rescuer_thread", "devtmpfsd")
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        for tid in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else ():
+            base = f"/proc/{pid}/task/{tid}"
+            try:
+                with open(f"{base}/stat") as f:
+                    stat = f.read()
+                with open(f"{base}/stack") as f:
+                    frames = [line.split()[1].split("+")[0] for line in f if line.strip()]
+            except (OSError, IndexError):
+                continue
+            comm, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2]
+            if state not in "SD" or not frames or any(f in idle for f in frames):
+                continue
+            out.append(f"{pid}/{tid} {comm} {state}: {' < '.join(frames[:12])}")
+    return out
+
+
 def blocked_tasks_to_the_log(why):
     """A wait ran out: the kernel's stacks of every blocked task go to its log (sysrq w),
-    which the harness shows with the test, with who holds VFIO devices open; the test
-    fails now, not at its limit."""
+    which the harness shows with the test; the message says who holds VFIO devices open,
+    which queues are not closed and whose they are, and where every sleeping task sleeps.
+    The test fails now, not at its limit."""
     try:
         kv.write("/proc/sysrq-trigger", "w")
     except OSError as e:
         why += f" (no stacks: sysrq: {e})"
-    return f"{why}; VFIO devices held by pid: (fds, mappings) {vfio_device_holders()}"
+    lines = [f"{why}; VFIO devices held by pid: (fds, mappings) {vfio_device_holders()}",
+             "queues not closed:", *open_queues(OWNERS),
+             "tasks asleep in the kernel:", *sleeping_tasks()]
+    return "\n    ".join(lines)
 
 
 def rebinder(stop, record, errors):
