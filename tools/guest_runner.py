@@ -62,6 +62,39 @@ def pytest_cmd(
     return cmd + files
 
 
+def guest_env(base: dict[str, str], timeout_scale: float = 1.0) -> dict[str, str]:
+    """The in-guest pytest's environment: tools/ importable (the plugin), and no plugin
+    loaded unless named (the guest tests name theirs: scanning every installed package's
+    entry points and importing hypothesis cost seconds of TCG per boot)."""
+    env = dict(base)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tools"), env.get("PYTHONPATH", "")]))
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    if timeout_scale != 1.0:
+        env["WD_TIMEOUT_SCALE"] = str(timeout_scale)
+    return env
+
+
+def precompile(python: str, files: list[Path]) -> str:
+    """On the host, before a boot: byte-compile what the guest imports (the userlib, tools/)
+    and let pytest write its assertion-rewritten test modules, next to their sources,
+    where the guest finds them.  The guest never writes bytecode (PYTHONDONTWRITEBYTECODE),
+    so without this every boot compiles all of it again under TCG.  A failure costs only
+    that time: it is returned as a message, not raised."""
+    env = guest_env({k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+    names = [str(f) for f in files]
+    collect = pytest_cmd(python, names, Path(os.devnull), rootdir=common_root(names), test_timeout=DEFAULT_TEST_TIMEOUT)
+    steps = [
+        [python, "-m", "compileall", "-q", str(REPO / "userlib" / "src"), str(REPO / "tools")],
+        [a for a in collect if not a.startswith("--wd-")] + ["--collect-only", "-q"],
+    ]
+    for cmd in steps:
+        done = subprocess.run(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stdout + done.stderr)[-800:]
+            return f"precompile: {' '.join(cmd[1:4])} exited {done.returncode}: {tail}"
+    return ""
+
+
 def host_command(
     python: str,
     out: Path,
@@ -204,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.files:
         gs.write_durable(out / "runner.json", json.dumps(info, indent=1))
         return 0
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tools"), env.get("PYTHONPATH", "")]))
-    if args.timeout_scale != 1.0:
-        env["WD_TIMEOUT_SCALE"] = str(args.timeout_scale)
+    env = guest_env(dict(os.environ), args.timeout_scale)
     report = out / "report.jsonl"
     cmd = pytest_cmd(sys.executable, args.files, report, rootdir=common_root(args.files),
                      test_timeout=args.test_timeout, keyword=args.keyword, durations=args.durations)  # fmt: skip

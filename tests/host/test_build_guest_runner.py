@@ -137,6 +137,36 @@ def test_keyword_selects_in_guest_tests(tmp_path: Path) -> None:
     assert set(results(out)) == {"test_beta"}
 
 
+def test_the_guest_pytest_loads_only_the_plugins_it_names(tmp_path: Path) -> None:
+    """hypothesis is installed (the host tests use it) and registers a pytest plugin; the
+    guest tests name theirs, and importing it cost seconds per boot under TCG."""
+    t = tmp_path / "t"
+    t.mkdir()
+    (t / "test_p.py").write_text(
+        "import sys\n"
+        "def test_no_autoloaded_plugin(pytestconfig):\n"
+        "    assert not pytestconfig.pluginmanager.has_plugin('hypothesispytest')\n"
+        "    assert 'hypothesis' not in sys.modules\n"
+    )
+    out = run_runner(tmp_path, [t / "test_p.py"])
+    assert results(out)["test_no_autoloaded_plugin"]["outcome"] == "passed"
+
+
+def test_precompile_leaves_the_rewritten_modules_the_guest_reads(tmp_path: Path) -> None:
+    """The guest never writes bytecode; what the host compiled before the boot is what it
+    reads: pytest's assertion-rewritten module, next to its source."""
+    import guest_runner
+
+    t = tmp_path / "t"
+    t.mkdir()
+    (t / "test_r.py").write_text("def test_r():\n    assert 1 + 1 == 2\n")
+    assert guest_runner.precompile(sys.executable, [t / "test_r.py"]) == ""
+    assert [p.name for p in (t / "__pycache__").iterdir() if "pytest" in p.name], "no rewritten module"
+    (t / "test_broken.py").write_text("def test_x(:\n")
+    trouble = guest_runner.precompile(sys.executable, [t / "test_broken.py"])
+    assert "exited" in trouble and "SyntaxError" in trouble, trouble
+
+
 def test_host_conftest_is_not_loaded_but_the_guest_one_is(tmp_path: Path) -> None:
     """The in-guest pytest stops looking for conftests at the guest tests' folder.  An
     ini file above it, as the repository's pyproject.toml, would otherwise make pytest

@@ -202,6 +202,9 @@ def boot_and_run(kernel_spec: str, files: list[Path], config: pytest.Config,
     guest = vm.Guest(target.name, target.image, target.build_dir, vm.use_kvm(target.image), machine=m)
     name = boot_name(target.name, m)
     say(config, f"{name}: {len(files)} guest file(s){f', -k {keyword!r}' if keyword else ''}")
+    trouble = guest_runner.precompile(sys.executable, files)
+    if trouble:
+        say(config, f"{name}: {trouble} (the guest compiles for itself)")
     t0 = time.monotonic()
     vm.boot(guest, runner, outdir, timeout=total, watch=guest_runner.HangWatch(outdir / "report.jsonl"),
             log=lambda m: say(config, m))  # fmt: skip
