@@ -311,12 +311,20 @@ def open_queues(owners):
     return out
 
 
+# Where a task that only waits for its children, a pipe, a poll, a lock in user space,
+# the clock or work (kernel threads) sleeps: the innermost frame of its kernel stack.
+IDLE_FRAMES = frozenset((
+    "do_wait", "pipe_read", "do_select", "do_sys_poll", "do_nanosleep", "hrtimer_nanosleep",
+    "ep_poll", "futex_wait_queue", "futex_wait", "worker_thread", "kthreadd", "rcu_gp_kthread",
+    "smpboot_thread_fn", "rescuer_thread", "devtmpfsd", "kthread_worker_fn", "oom_reaper",
+    "kcompactd", "kswapd", "scsi_error_handler", "rcu_tasks_kthread", "khugepaged",
+    "kauditd_thread", "irq_thread", "watchdog", "kjournald2", "rcu_tasks_trace_kthread",
+))
+
+
 def sleeping_tasks():
-    """The kernel stack of every task asleep in a syscall (S or D), outer frames last,
-    unless it only waits for its children, a pipe, a poll or the clock."""
-    idle = ("do_wait", "pipe_read", "do_select", "do_sys_poll", "hrtimer_nanosleep",
-            "ep_poll", "futex_wait", "do_epoll_wait", "worker_thread", "kthreadd",
-            "rcu_gp_kthread", "smpboot_thread_fn", "rescuer_thread", "devtmpfsd")
+    """The kernel stack of every task asleep in the kernel (S or D) but not idle (a kernel
+    worker blocked in a work item shows: only its innermost frame is judged)."""
     out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         for tid in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else ():
@@ -329,7 +337,7 @@ def sleeping_tasks():
             except (OSError, IndexError):
                 continue
             comm, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2]
-            if state not in "SD" or not frames or any(f in idle for f in frames):
+            if state not in "SD" or not frames or frames[0] in IDLE_FRAMES:
                 continue
             out.append(f"{pid}/{tid} {comm} {state}: {' < '.join(frames[:12])}")
     return out
