@@ -23,9 +23,10 @@ PY = str(VENV_PY) if VENV_PY.exists() else sys.executable
 BUILD = [PY, str(REPO / "tools" / "build.py")]
 DURATIONS = 20  # the slowest tests of each pytest session, printed (in-guest ones too)
 
-# debug-kernel only starts the debug kernel's build in the background (idle priority);
-# vm-debug, last, waits for it.
-nox.options.sessions = ["debug-kernel", "lint", "unit", "docs", "build", "vm-6.1", "vm-6.12", "vm-debug"]
+# vm-debug is not among them yet: its only CI run with them (stop 20) hung in the fault
+# file (fixed since, not yet proven in a whole run), and took over the 60 minutes issue 11
+# allows.  With it: `nox -s debug-kernel lint unit docs build vm-6.1 vm-6.12 vm-debug`.
+nox.options.sessions = ["lint", "unit", "docs", "build", "vm-6.1", "vm-6.12"]
 nox.options.default_venv_backend = "none"
 nox.options.error_on_external_run = False
 
@@ -170,7 +171,8 @@ def vm_debug(session: nox.Session) -> None:
     has none for the current inputs (10-12 min on 2 idle cores; a build the debug-kernel
     session started is waited for).  The run counts only on a clean boot with lockdep still
     on at the start and at the end (the verdict checks both).  It holds the fuzzer, fault
-    injection and the load test at full size; the session's end scans kmemleak."""
+    injection and the load test at full size; the session's end scans kmemleak.  Not one
+    of CI's sessions yet."""
     _run(session, *BUILD, "kernels", "--debug", limit=LIMIT_VM)
     files = [opt for pattern in DEBUG_FILES for opt in ("--guest-tests", pattern)]
     _vm(session, "debug", "--guest-timeout-scale", DEBUG_TIMEOUT_SCALE, "--vm-timeout", DEBUG_VM_TIMEOUT, *files,
