@@ -24,6 +24,26 @@ libc = ctypes.CDLL(None, use_errno=True)
 libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 libc.ioctl.restype = ctypes.c_int
 
+
+def _barrier_fn():
+    """A full memory barrier from Python: lock + unlock of a glibc spinlock."""
+    lock, unlock, init = libc.pthread_spin_lock, libc.pthread_spin_unlock, libc.pthread_spin_init
+    for fn in (lock, unlock):
+        fn.argtypes = [ctypes.c_void_p]
+    init.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    word = ctypes.c_int(1)
+    init(ctypes.addressof(word), 0)
+
+    def barrier():
+        lock(ctypes.addressof(word))
+        unlock(ctypes.addressof(word))
+    barrier.word = word
+    return barrier
+
+
+full_barrier = _barrier_fn()
+
+
 MDEV_BUS = "/sys/class/mdev_bus"
 MDEV_DEVICES = "/sys/bus/mdev/devices"
 DEBUGFS = "/sys/kernel/debug/wrapdrive"

@@ -27,23 +27,6 @@ MiB = 1 << 20
 libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _barrier_fn():
-    """A full memory barrier from Python: lock + unlock of a glibc spinlock."""
-    lock, unlock, init = libc.pthread_spin_lock, libc.pthread_spin_unlock, libc.pthread_spin_init
-    for fn in (lock, unlock):
-        fn.argtypes = [ctypes.c_void_p]
-    init.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    word = ctypes.c_int(1)
-    init(ctypes.addressof(word), 0)
-
-    def barrier():
-        lock(ctypes.addressof(word))
-        unlock(ctypes.addressof(word))
-    barrier.word = word
-    return barrier
-
-
-full_barrier = _barrier_fn()
 
 
 def vaddr(m):
@@ -232,7 +215,7 @@ def test_sleeping_protocol_never_loses_a_wake_up():
                 except BlockingIOError:
                     pass
                 kv.store32(q.db, kv.DB_IRQ_REQUEST, 1)  # 2. arm, barrier, re-check
-                full_barrier()
+                kv.full_barrier()
                 if q.cq_tail() != q.cq_head:
                     kv.store32(q.db, kv.DB_IRQ_REQUEST, 0)  # 3. disarm
                     stats["not_slept"] += 1
