@@ -31,6 +31,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import kernel_vfio as kv  # noqa: E402
+import wd_measure  # noqa: E402
 
 FAILSLAB = "/sys/kernel/debug/failslab"
 FAIL_PAGE_ALLOC = "/sys/kernel/debug/fail_page_alloc"
@@ -166,8 +167,7 @@ def fail_each(label, fn, after=lambda res: None):
         res, left = with_nth_failure(nth, fn)
         after(res)
         injected += left == 0
-    print(f"[faults] {label}: {count} allocations, {injected} runs with one of them failing, "
-          "each unwound")
+    wd_measure.record("faults", operation=label, allocations=count, runs_failed=injected)
     assert count and injected, f"{label}: no allocation failed ({count} counted)"
     return injected
 
@@ -310,8 +310,8 @@ def test_requests_under_random_allocation_failures_in_the_engine():
                     else:
                         nomem += 1
             injected = sum(budget - _times(b) for b in (FAILSLAB, FAIL_PAGE_ALLOC))
-    print(f"[faults] engine: {injected} allocation failures injected under "
-          f"{ok + nomem} requests: {ok} OK and verified, {nomem} NOMEM")
+    wd_measure.record("faults", operation="engine", injected=injected, requests=ok + nomem, verified=ok,
+                      nomem=nomem)
     with kv.Queue(parent, "zlib") as q:
         bound = kv.abi.deflate_bound(len(data))
         m, src, _ = q.dma_buffer(len(data) + bound, data)

@@ -25,6 +25,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(__file__))
 
 import verdict  # noqa: E402  (tools/ is on the guest's PYTHONPATH)
+import wd_measure  # noqa: E402
 
 CORPUS = os.path.join(os.path.dirname(__file__), "fuzz_corpus.json")
 ENV_SEED = "WD_FUZZ_SEED"
@@ -211,7 +212,6 @@ def run_phase(phase, n, gen, setup, execute, teardown):
         raise AssertionError(msg)
     stats = result["done"]
     stats["seconds"] = round(elapsed, 1)
-    print(f"[fuzz] phase {phase}: {stats['inputs']} inputs + {stats['corpus']} corpus cases "
-          f"in {elapsed:.1f} s, nothing broke: {json.dumps(stats)}")
+    wd_measure.record("fuzz", phase=phase, seed=run_seed, **stats)
     return stats
 
