@@ -3,7 +3,8 @@
 #
 #   tools/bootstrap.sh          set up only
 #   tools/bootstrap.sh demo     set up, then `nox -s demo` (build, boot 6.1, real work on a queue)
-#   tools/bootstrap.sh test     set up, then `nox` (lint, unit, build, vm-6.1, vm-6.12: what CI runs)
+#   tools/bootstrap.sh test     set up, then `nox` (what CI runs: lint, unit, docs, build, and the VM
+#                               suite on 6.1, 6.12 and the debug kernel, built in the background)
 #
 # Steps (each skipped when already done, so a second run costs seconds):
 #   1. apt: bookworm-backports source (copied from the machine's own bookworm source) and
