@@ -56,6 +56,9 @@ PAYLOADS = 8
 PAYLOAD_LEN = 4096
 BATCH = 8
 DST_LEN = 8192
+# What a worker counts and reports; the parent sums them over every worker.
+STAT_KEYS = ("verified", "wrong", "lost", "died", "dropped_by_death", "aborted_by_death",
+             "batches", "woken", "slept_to_limit")
 # mdev -> (worker id, pid) of every queue a worker made: who to blame for one left open.
 OWNERS = {}
 # Seconds each worker took from fork to its first batch done.
@@ -145,8 +148,7 @@ def worker(wid, w, stop):
                 for i in range(PAYLOADS)]
     crc = [kv.kernel_crc32c(p) for p in payloads]
     sha = [hashlib.sha256(p).digest() for p in payloads]
-    stats = {"verified": 0, "wrong": 0, "lost": 0, "died": 0, "dropped_by_death": 0,
-             "aborted_by_death": 0, "batches": 0, "woken": 0, "slept_to_limit": 0}
+    stats = dict.fromkeys(STAT_KEYS, 0)
     slots = [Slot(p, t, say) for p, t in QUEUES]
     last_report = 0.0
     tag = 0
@@ -419,8 +421,7 @@ def test_load_with_kills_and_rebinds():
                 for t in os.listdir(f"{kv.MDEV_BUS}/{p}/mdev_supported_types")}
             for p in kv.parents()}
     errors, unbinds = [], []
-    totals = {"verified": 0, "wrong": 0, "lost": 0, "died": 0, "dropped_by_death": 0,
-              "aborted_by_death": 0, "batches": 0, "woken": 0, "slept_to_limit": 0}
+    totals = dict.fromkeys(STAT_KEYS, 0)
     kills, next_id = 0, WORKERS
     workers = [spawn(i) for i in range(WORKERS)]
     stop = threading.Event()
