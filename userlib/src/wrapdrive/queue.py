@@ -558,12 +558,20 @@ class Queue:
 
     @staticmethod
     def _pieces(chunks: Iterable[Data]) -> tuple[bytes, Any, int]:
-        """The chunks end to end (one join in C) and their lengths as a C array."""
-        items = [c.view if isinstance(c, Buffer) else c for c in chunks]
+        """The chunks end to end (one join in C) and their lengths as a C array.
+
+        No Python step per chunk: a batch's lengths and join run in C.  Only
+        when the join refuses a chunk (a Buffer, which is not bytes-like)
+        are the chunks looked at one by one."""
+        items = chunks if type(chunks) is list else list(chunks)
         lens = array("I", map(len, items))
         if lens and max(lens) > abi.WD_MAX_LEN:
             Queue._check_len(max(lens))
-        return b"".join(items), lens, len(items)
+        try:
+            data = b"".join(items)  # type: ignore[arg-type]  # a Buffer raises TypeError
+        except TypeError:
+            data = b"".join([c.view if isinstance(c, Buffer) else c for c in items])
+        return data, lens, len(items)
 
     def crc32c_many(self, chunks: Iterable[Data]) -> list[int]:
         """CRC-32C of each chunk: the whole batch in one C call."""
@@ -577,7 +585,8 @@ class Queue:
                                     ffi.from_buffer("uint32_t[]", lens), n, out, st)
         if ret:
             raise self._batch_error(ret, st, n, "crc32c")
-        return list(ffi.unpack(out, n))
+        crcs: list[int] = ffi.unpack(out, n)  # already a list of ints
+        return crcs
 
     def sha256_many(self, chunks: Iterable[Data]) -> list[bytes]:
         """SHA-256 of each chunk: the whole batch in one C call."""
