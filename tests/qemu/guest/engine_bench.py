@@ -14,6 +14,12 @@ an emulated guest are only good side by side).
   python tests/qemu/guest/engine_bench.py userstream
       the same through the userlib's objects (wrapdrive.sha256, compressobj)
       reading a file, against the engine's own rate in the same boot.
+  python tests/qemu/guest/engine_bench.py steps [--rounds 2]
+      where the time of the public calls goes: each step of q.crc32c(64 B)
+      and q.crc32c_many(64 x 64 B) alone, in ns; and sha256 of 64 KiB from
+      C (wd_bench) with and without the staging copy, sleeping or spinning,
+      one or several in flight, beside the engine's own rate.
+      (build userlib/libwd/wd_bench first: make -C userlib/libwd wd_bench)
 
 The ring is driven by a small C probe compiled here against kernel/uapi/wrapdrive.h.
 """
@@ -499,7 +505,8 @@ def stream(args):
     rates = {}
     for _ in range(args.rounds):
         with kv.Queue("wd_dummy.0", "zlib") as q:
-            _, src, _ = q.dma_buffer(piece, half[:piece])
+            unit = half[:piece // 2] + half[-(piece // 2):]  # the mix, not only its random half
+            _, src, _ = q.dma_buffer(piece, unit)
             # A chained piece may also carry what zlib held back from earlier ones (at
             # most about a block); room for that keeps WD_CF_DST_FULL, a continuation
             # this loop does not send, out of a throughput figure.
@@ -592,6 +599,73 @@ def userstream(args):
     os.unlink(path)
 
 
+# -- where the time goes ----------------------------------------------------------------------
+def steps(args):
+    """ns per step of the Python calls; sha256 64 KiB from C, path by path."""
+    sys.path.insert(0, os.path.join(os.getcwd(), "userlib", "src"))
+    from wrapdrive.abi import ffi, lib
+    from wrapdrive.afalg import AfAlgHash
+    from wrapdrive.api import request_queue
+    from wrapdrive.bench import ops_per_second
+
+    wd_bench = os.path.join(os.getcwd(), "userlib", "libwd", "wd_bench")
+
+    def ns(step, per=1):
+        return 1e9 / ops_per_second(lambda: (step(), 1)[1], args.seconds) / per
+
+    def c_rate(mode, batch, spin_us=None):
+        env = dict(os.environ)
+        if spin_us is not None:
+            env["WD_SPIN_US"] = str(spin_us)
+        r = subprocess.run([wd_bench, "sha256", "65536", mode, str(batch), str(args.seconds * 2),
+                            "selfbench"], capture_output=True, text=True, env=env, check=True)
+        return float(r.stdout.split()[1]), r.stderr.strip().removeprefix("wd_bench: ")
+
+    data = os.urandom(64)
+    chunks = [data] * 64
+    q = request_queue("crc32c")
+    af = AfAlgHash("crc32c")
+    pieces, lens, _ = q._pieces(chunks)
+    out, st = ffi.new("uint32_t[]", 64), ffi.new("uint16_t[]", 64)
+    src, cl = ffi.from_buffer(pieces), ffi.from_buffer("uint32_t[]", lens)
+    nothing = lambda: None  # noqa: E731
+    py_steps = {
+        "a Python call (the harness's own cost, in every row)": lambda: ns(nothing),
+        "a cffi call of a trivial C function (wd_errmsg)": lambda: ns(lib.wd_errmsg),
+        "ffi.new('uint32_t[]', 64)": lambda: ns(lambda: ffi.new("uint32_t[]", 64)),
+        "libwd's wd_crc32c_call(64 B): stage, submit, spin, reap": lambda: ns(
+            lambda: lib.wd_crc32c_call(q.q, data, 64, 0)),
+        "q.crc32c(64 B), the public call": lambda: ns(lambda: q.crc32c(data)),
+        "AF_ALG crc32c 64 B, send + recv": lambda: ns(lambda: af.crc32c(data)),
+        "q._pieces: a batch's layout, per item": lambda: ns(lambda: q._pieces(chunks), 64),
+        "libwd's wd_do_crc32c_many(64) alone, per item": lambda: ns(
+            lambda: lib.wd_do_crc32c_many(q.q, src, cl, 64, out, st), 64),
+        "q.crc32c_many(64 x 64 B), the public call, per item": lambda: ns(
+            lambda: q.crc32c_many(chunks), 64),
+    }
+    c_paths = (
+        ("wd_send_sync + wd_recv_sync, shared memory", "sync", 1, None),
+        ("  the same, spinning instead of sleeping", "sync", 1, 100000),
+        ("wd_do_sha256 on unshared memory (staging copy)", "oneshot", 1, None),
+        ("  the same, spinning instead of sleeping", "oneshot", 1, 100000),
+        ("wd_send_many, 2 x 2 in flight, shared memory", "batch", 2, None),
+    )
+    try:
+        for r in range(args.rounds):
+            print(f"round {r}: crc32c 64 B, ns per call", flush=True)
+            for name, fn in py_steps.items():
+                print(f"  {name:<58} {fn():9,.0f}", flush=True)
+            engine = 1000 / selfbench("sha256", 65536, 1000)
+            print(f"round {r}: sha256 64 KiB from C, ops/s (engine's own {engine:,.0f}/s)")
+            for name, mode, batch, spin_us in c_paths:
+                rate, counters = c_rate(mode, batch, spin_us)
+                print(f"  {name:<50} {rate:7,.0f}  {rate / engine:5.2f}x engine  ({counters})",
+                      flush=True)
+    finally:
+        af.close()
+        q.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -613,9 +687,12 @@ def main():
     d.add_argument("--sha-mib", type=int, default=256)
     d.add_argument("--zlib-mib", type=int, default=64)
     d.add_argument("--rounds", type=int, default=3)
+    e = sub.add_parser("steps")
+    e.add_argument("--rounds", type=int, default=2)
+    e.add_argument("--seconds", type=float, default=1.0)
     args = ap.parse_args()
     {"latency": latency, "placement": placement, "stream": stream,
-     "userstream": userstream}[args.cmd](args)
+     "userstream": userstream, "steps": steps}[args.cmd](args)
 
 
 if __name__ == "__main__":
