@@ -199,9 +199,10 @@ int wd_run_wait(struct wd_queue *q, struct wd_req *req, int timeout_ms);
 /*
  * One-shot operations on any memory: input that is not shared with the
  * device is copied to a staging buffer of the queue, input that is shared
- * is used in place; output likewise.  They return 0 or a negative errno;
- * a device status other than WD_STS_OK comes back as the positive status
- * in *status (when status is not NULL) and -EIO.
+ * is used in place; output likewise.  They return 0 or a negative errno
+ * (-EBADF: the queue is not open); a device status other than WD_STS_OK
+ * comes back as the positive status in *status (when status is not NULL)
+ * and -EIO.
  */
 int wd_do_crc32c(struct wd_queue *q, const void *src, size_t len, __u32 seed,
 		 __u32 *crc, __u16 *status);

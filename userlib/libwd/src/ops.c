@@ -55,6 +55,14 @@ static void io_done(struct wd_queue *q, struct wd_io *io, void *dst, size_t len)
 	io->in_st = io->out_st = NULL;
 }
 
+/* A released (or never opened) queue: -EBADF, before anything touches it. */
+static int check_open(struct wd_queue *q)
+{
+	if (!q || !q->priv)
+		return wd_fail(-EBADF, "the queue is not open (released?)");
+	return 0;
+}
+
 static int check_len(size_t len)
 {
 	if (len > WD_MAX_LEN)
@@ -97,7 +105,9 @@ int wd_do_crc32c(struct wd_queue *q, const void *src, size_t len, __u32 seed,
 	struct wd_io io = { 0 };
 	int ret;
 
-	ret = check_len(len);
+	ret = check_open(q);
+	if (!ret)
+		ret = check_len(len);
 	if (ret || (ret = io_in(q, &io, src, len)))
 		return ret;
 	r.src = io.in;
@@ -118,7 +128,9 @@ int wd_do_sha256(struct wd_queue *q, const void *src, size_t len,
 	struct wd_io io = { 0 };
 	int ret;
 
-	ret = check_len(len);
+	ret = check_open(q);
+	if (!ret)
+		ret = check_len(len);
 	if (ret || (ret = io_in(q, &io, src, len)))
 		return ret;
 	ret = io_out(q, &io, digest, WD_SHA256_DIGEST_LEN);
@@ -142,6 +154,9 @@ int wd_do_xfer(struct wd_queue *q, __u16 opcode, const void *src, size_t len,
 	struct wd_io io = { 0 };
 	int ret;
 
+	ret = check_open(q);
+	if (ret)
+		return ret;
 	if (opcode != WD_OP_MEMCPY && opcode != WD_OP_DEFLATE && opcode != WD_OP_INFLATE)
 		return wd_fail(-EINVAL, "wd_do_xfer: opcode %u moves no data", opcode);
 	ret = check_len(len);
@@ -177,6 +192,9 @@ int wd_do_many(struct wd_queue *q, __u16 opcode, const void *src, const __u32 *l
 	struct wd_io io = { 0 };
 	int i, ret, bad = -1;
 
+	ret = check_open(q);
+	if (ret)
+		return ret;
 	if (n < 0 || (n && (!src || !lens)))
 		return wd_fail(-EINVAL, "batch: bad arguments");
 	for (i = 0; i < n; i++) {
@@ -255,15 +273,11 @@ long long wd_crc32c_call(struct wd_queue *q, const char *src, size_t len, __u32 
 	__u32 crc = 0;
 	int ret;
 
-	if (!q || !q->priv)
-		return wd_fail(-EBADF, "the queue is not open (released?)");
 	ret = wd_do_crc32c(q, src, len, seed, &crc, NULL);
 	return ret ? ret : (long long)crc;
 }
 
 int wd_sha256_call(struct wd_queue *q, const char *src, size_t len, char *digest)
 {
-	if (!q || !q->priv)
-		return wd_fail(-EBADF, "the queue is not open (released?)");
 	return wd_do_sha256(q, src, len, (__u8 *)digest, NULL);
 }

@@ -158,6 +158,67 @@ static void test_seed_calls(void)
 }
 
 /*
+ * wd_do_sha256 stages unshared input and uses shared input in place: both
+ * give the same digest at every size, from any address.  After release,
+ * every one-shot call answers -EBADF.
+ */
+static void test_sha256_staged_and_in_place(void)
+{
+	static const size_t sizes[] = { (32U << 10) - 1, 32U << 10, (32U << 10) + 1,
+					(48U << 10) + 5, (64U << 10) + 3, (1U << 20) + 7,
+					WD_MAX_LEN };
+	struct wd_queue q = { 0 };
+	struct wd_capa capa = { .alg = "sha256" };
+	__u8 *plain = malloc(WD_MAX_LEN), *shared = page_alloc(WD_MAX_LEN);
+	__u8 a[WD_SHA256_DIGEST_LEN], b[WD_SHA256_DIGEST_LEN];
+	unsigned int i, x = 2463534242U;
+	size_t k;
+	__u16 st;
+
+	if (!plain)
+		abort();
+	for (k = 0; k < WD_MAX_LEN; k++) {
+		x ^= x << 13;
+		x ^= x >> 17;
+		x ^= x << 5;
+		plain[k] = (__u8)x;
+	}
+	memcpy(shared, plain, WD_MAX_LEN);
+	CHECK(wd_request_queue(&q, &capa) == 0);
+	CHECK(wd_mem_share(&q, shared, WD_MAX_LEN, 0) == 0);
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		st = 0xffff;
+		CHECK(wd_do_sha256(&q, plain, sizes[i], a, &st) == 0 && st == WD_STS_OK);
+		CHECK(wd_do_sha256(&q, shared, sizes[i], b, NULL) == 0);
+		CHECK(!memcmp(a, b, sizeof(a)));
+		if (memcmp(a, b, sizeof(a)))
+			fprintf(stderr, "sha256 of %zu bytes: staged and in place differ\n",
+				sizes[i]);
+	}
+	/* from an odd address */
+	CHECK(wd_do_sha256(&q, plain + 3, (40U << 10) + 1, a, NULL) == 0);
+	CHECK(wd_do_sha256(&q, shared + 3, (40U << 10) + 1, b, NULL) == 0);
+	CHECK(!memcmp(a, b, sizeof(a)));
+	CHECK(wd_do_sha256(&q, plain, WD_MAX_LEN + 1, a, NULL) == -E2BIG);
+	wd_mem_unshare(&q, shared, WD_MAX_LEN);
+	wd_release_queue(&q);
+	/* a released queue: -EBADF from every one-shot call, no crash */
+	{
+		__u32 crc, lens[1] = { 64 };
+		size_t room = 64;
+
+		CHECK(wd_do_sha256(&q, plain, 64U << 10, a, NULL) == -EBADF);
+		CHECK(wd_do_sha256(&q, plain, 64, a, NULL) == -EBADF);
+		CHECK(wd_do_crc32c(&q, plain, 64, 0, &crc, NULL) == -EBADF);
+		CHECK(wd_do_xfer(&q, WD_OP_MEMCPY, plain, 64, b, &room, NULL) == -EBADF);
+		CHECK(wd_do_crc32c_many(&q, plain, lens, 1, &crc, NULL) == -EBADF);
+		CHECK(wd_crc32c_call(&q, (const char *)plain, 64, 0) == -EBADF);
+	}
+	free(plain);
+	free(shared);
+}
+
+/*
  * A full ring answers -EBUSY at once; the sync forms sleep instead of
  * spinning.  The ring is filled with one slow request (16 MiB sha256) and
  * NOPs behind it: a strictly ordered queue completes nothing before the
@@ -391,6 +452,7 @@ int main(void)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	test_request_and_bad_capabilities();
 	test_seed_calls();
+	test_sha256_staged_and_in_place();
 	test_full_ring_and_sleeping();
 	test_threads();
 	test_provisioned();
