@@ -196,11 +196,10 @@ def test_run_shows_progress_on_a_terminal(tmp_path: Path) -> None:
     assert q.stdout == out_bytes and q.stderr == b""
 
 
-#: sparse files this large through the CLI (a few extents of data in a hole):
-#: sha256 takes about 150 s for 1 GiB under TCG on a loaded host, deflate
-#: about 3 MiB/s, so zlib gets a smaller one.
-SPARSE_SHA256 = 1 << 30
-SPARSE_ZLIB = 128 << 20
+#: a sparse file this large (a few extents of data in a hole) through the CLI,
+#: as issue 13 asks, for sha256 and for zlib.  Under TCG, beside another
+#: guest, the CLI took 54 s to hash it and about 110 s to deflate it.
+SPARSE_SIZE = 1 << 30
 
 
 def sparse_file(path: Path, size: int) -> None:
@@ -219,7 +218,7 @@ def wd_long(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow(900)
 def test_run_sha256_of_a_1gib_sparse_file_like_sha256sum(tmp_path: Path) -> None:
     f = tmp_path / "sparse.bin"
-    sparse_file(f, SPARSE_SHA256)
+    sparse_file(f, SPARSE_SIZE)
     p = wd_long("run", "-q", "sha256", str(f))
     assert p.returncode == 0, p.stderr
     ref = subprocess.run(["sha256sum", str(f)], capture_output=True, text=True).stdout
@@ -227,20 +226,21 @@ def test_run_sha256_of_a_1gib_sparse_file_like_sha256sum(tmp_path: Path) -> None
 
 
 @pytest.mark.slow(900)
-def test_run_zlib_of_a_sparse_file_gives_it_back(tmp_path: Path) -> None:
+def test_run_zlib_of_a_1gib_sparse_file_gives_it_back(tmp_path: Path) -> None:
     f = tmp_path / "sparse.bin"
-    sparse_file(f, SPARSE_ZLIB)
+    sparse_file(f, SPARSE_SIZE)
     p = wd_long("run", "-q", "zlib", str(f))
     assert p.returncode == 0, p.stderr
     d = zlib.decompressobj()
     back, want = hashlib.sha256(), hashlib.sha256()
     n = 0
     with open(str(f) + ".z", "rb") as z:
-        while chunk := z.read(1 << 20):
-            out = d.decompress(chunk)
+        # A MiB of deflated holes is about a GiB of zeros: bound each output.
+        while chunk := d.unconsumed_tail or z.read(1 << 20):
+            out = d.decompress(chunk, 8 << 20)
             back.update(out)
             n += len(out)
-    assert d.eof and not d.unused_data and n == SPARSE_ZLIB + 7
+    assert d.eof and not d.unused_data and n == SPARSE_SIZE + 7
     with open(f, "rb") as src:
         while chunk := src.read(8 << 20):
             want.update(chunk)
