@@ -37,6 +37,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import kernel_vfio as kv  # noqa: E402
 
 MAX = abi.WD_MAX_LEN
+#: the largest input of the "any split" tests (issue 13: 0 B to 64 MiB)
+LARGEST = 64 << 20
 PIECE = int(lib.WD_STREAM_PIECE)
 BLOCK = 64
 DEVICES = ("wd_dummy.0", "wd_dummy.1")
@@ -95,7 +97,7 @@ def shared_queues_closed() -> Iterator[None]:
 
 
 # -- sha256 ---------------------------------------------------------------------------
-SHA_SIZES = [0, 1, 63, 64, 65, PIECE - 1, PIECE + 1, MAX - 1, MAX + 1, 2 * MAX + 3]
+SHA_SIZES = [0, 1, 63, 64, 65, PIECE - 1, PIECE + 1, MAX - 1, MAX + 1, 2 * MAX + 3, LARGEST]
 
 
 @pytest.mark.slow(240)
@@ -170,7 +172,7 @@ def test_sha256_on_a_queue_of_ones_own() -> None:
 @pytest.mark.slow(240)
 def test_crc32c_any_split_gives_the_kernels_crc() -> None:
     rng = random.Random(3)
-    for size in (0, 1, 4097, PIECE + 1, MAX + 1, 2 * MAX + 5):
+    for size in (0, 1, 4097, PIECE + 1, MAX + 1, 2 * MAX + 5, LARGEST):
         data = blob(size)
         want = kv.kernel_crc32c(data)
         assert wrapdrive.crc32c(data) == want
@@ -186,7 +188,7 @@ def test_crc32c_any_split_gives_the_kernels_crc() -> None:
 # -- zlib -----------------------------------------------------------------------------
 @pytest.mark.slow(240)
 @pytest.mark.parametrize("size,level", [(0, -1), (1, 6), (5000, 1), (PIECE + 1, 9),
-                                        (300000, 0), (MAX + 1, 1)])
+                                        (300000, 0), (MAX + 1, 1), (LARGEST, 6)])
 def test_compressobj_any_split_and_flush_inflates_to_the_input(size: int, level: int) -> None:
     rng = random.Random(size + level)
     data = compressible(size, size)
@@ -209,8 +211,10 @@ def test_compressobj_any_split_and_flush_inflates_to_the_input(size: int, level:
 
 
 @pytest.mark.parametrize("size,tail", [(0, b""), (1, b"x"), (5000, b"trailing"),
-                                       (3 * PIECE + 9, b""), (MAX + 1, b"\x78\x9c")],
-                         ids=["0", "1-x", "5000-trailing", "3pieces+9", "max+1-zlibheader"])
+                                       (3 * PIECE + 9, b""), (MAX + 1, b"\x78\x9c"),
+                                       (LARGEST, b"")],
+                         ids=["0", "1-x", "5000-trailing", "3pieces+9", "max+1-zlibheader",
+                              "64mib"])
 @pytest.mark.slow(240)
 def test_decompressobj_any_split_gives_the_input(size: int, tail: bytes) -> None:
     rng = random.Random(size + 7)
