@@ -39,7 +39,7 @@ UFFD_NAMES = (
     "SYS_userfaultfd", "UFFD_API", "UFFDIO_API", "UFFDIO_REGISTER",
     "UFFDIO_REGISTER_MODE_MISSING",
     # and the module calls the fault-injection tests make themselves
-    "SYS_finit_module", "SYS_delete_module",
+    "SYS_init_module", "SYS_delete_module",
 )
 
 # Arguments at which the header's wd_deflate_bound() is evaluated,

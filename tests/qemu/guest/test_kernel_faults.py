@@ -5,7 +5,8 @@ Each test counts the allocations one operation makes (fail-nth, set high, counts
 down), then makes the nth of them fail, for every n or, when there are more than
 $WD_FAULT_NTHS (default FAULT_NTHS; 0 means every one), for that many n spread
 evenly from the first to the last: loading wd_dummy (module, platform devices,
-the accelerators' registration), creating a queue (the mdev probe) and opening it
+the accelerators' registration; the image is read before, so that no failure lands
+in the guest's root filesystem), creating a queue (the mdev probe) and opening it
 (VFIO open: regions, the mm notifier, the driver's queue_open).  Every failure
 must unwind: no oops, and the next attempt works; kmemleak, when present, must
 find nothing of WrapDrive's left behind.  (On the debug kernel under TCG a load
@@ -148,8 +149,13 @@ def _syscall(nr, *args):
     return 0
 
 
-def _finit(fd, params):
-    return _syscall(kv.abi.CONST["SYS_finit_module"], fd, ctypes.c_char_p(params), 0)
+def _init_module(image, params):
+    """init_module(2) from memory: a load from a file (finit_module) reads it over the
+    guest's root filesystem, 9p, and a 9p read whose allocation fails can leave the mount
+    answering EINVAL to every later read and exec (stop 22's CI: every test after this
+    file failed, as `rmmod` could no longer be exec'd)."""
+    return _syscall(kv.abi.CONST["SYS_init_module"], image, ctypes.c_ulong(len(image)),
+                    ctypes.c_char_p(params))
 
 
 def _loaded(name):
@@ -172,17 +178,15 @@ def fail_each(label, fn, after=lambda res: None):
     return injected
 
 
-def _finit_wd_dummy():
-    fd = os.open(f"{MODDIR}/wd_dummy.ko", os.O_RDONLY)
-    try:
-        return _finit(fd, b"nr_devices=2")
-    finally:
-        os.close(fd)
+def _load_wd_dummy_from(image):
+    """fn for fail_each: load wd_dummy from its image, already in memory."""
+    buf = ctypes.create_string_buffer(image, len(image))
+    return lambda: _init_module(buf, b"nr_devices=2")
 
 
 def _rmmod_if_loaded(_res):
-    """delete_module(2) itself, as the load is finit_module(2): nothing is exec'd
-    between two runs (once, an exec of rmmod there failed with EINVAL)."""
+    """delete_module(2) itself, as the load is init_module(2): nothing is exec'd
+    between two runs."""
     if _loaded("wd_dummy"):
         _syscall(kv.abi.CONST["SYS_delete_module"], ctypes.c_char_p(b"wd_dummy"), os.O_NONBLOCK)
 
@@ -191,7 +195,9 @@ def test_loading_the_driver_unwinds_every_allocation_failure():
     assert subprocess.run(["rmmod", "wd_dummy"]).returncode == 0
     try:
         with failslab_counts_sleeping_allocations():
-            fail_each("module load", _finit_wd_dummy, _rmmod_if_loaded)
+            with open(f"{MODDIR}/wd_dummy.ko", "rb") as f:
+                load = _load_wd_dummy_from(f.read())
+            fail_each("module load", load, _rmmod_if_loaded)
     finally:
         if not _loaded("wd_dummy"):
             assert subprocess.run(["insmod", f"{MODDIR}/wd_dummy.ko"]).returncode == 0
