@@ -238,48 +238,85 @@ static void wd_dummy_kick(struct wd_queue *q)
 	wd_dummy_engine_kick(wd_accel_priv(wd_queue_accel(q)), q);
 }
 
-/* Self-benchmark: the algorithm code on kernel buffers, in the caller. */
-static int wd_dummy_selfbench(const char *algo, u32 size, u32 count,
+/* What selfbench runs, by name: an algorithm's one-shot request. */
+static const struct {
+	const char *name;
+	u16 opcode;
+} wd_dummy_bench_ops[] = {
+	{ "memcpy", WD_OP_MEMCPY },
+	{ "crc32c", WD_OP_CRC32C },
+	{ "sha256", WD_OP_SHA256 },
+	{ "zlib", WD_OP_DEFLATE },
+	{ "inflate", WD_OP_INFLATE },
+};
+
+static int wd_dummy_bench_opcode(const char *name)
+{
+	int i;
+
+	for (i = 0; i < ARRAY_SIZE(wd_dummy_bench_ops); i++)
+		if (!strcmp(name, wd_dummy_bench_ops[i].name))
+			return wd_dummy_bench_ops[i].opcode;
+	return -EINVAL;
+}
+
+/*
+ * Self-benchmark: the algorithm code on kernel buffers, in the caller, @count
+ * times over @size bytes of half-compressible data (random bytes, then a run).
+ * "inflate" inflates that data deflated once before the clock starts, and
+ * checks the last round's output against it.
+ */
+static int wd_dummy_selfbench(const char *name, u32 size, u32 count,
 			      u64 *nsec)
 {
-	static const u16 opcodes[] = {
-		[WD_ALGO_MEMCPY] = WD_OP_MEMCPY,
-		[WD_ALGO_CRC32C] = WD_OP_CRC32C,
-		[WD_ALGO_SHA256] = WD_OP_SHA256,
-		[WD_ALGO_ZLIB] = WD_OP_DEFLATE,
-	};
+	int opcode = wd_dummy_bench_opcode(name);
 	struct wd_dummy_scratch s = {};
-	int a = wd_dummy_algo_of(algo);
-	u32 i, dst_len;
-	u8 *src, *dst;
+	u8 *plain, *packed = NULL, *dst;
+	u32 i, dst_len, in_len, out_len;
+	const u8 *in;
 	int ret = 0;
 	u64 t0;
 
-	if (a < 0)
-		return a;
+	if (opcode < 0)
+		return opcode;
 	dst_len = max_t(u32, wd_deflate_bound(size), WD_SHA256_DIGEST_LEN);
-	src = vmalloc(max_t(u32, size, 1));
+	plain = vmalloc(max_t(u32, size, 1));
 	dst = vmalloc(dst_len);
-	if (!src || !dst || wd_dummy_scratch_alloc(&s, NUMA_NO_NODE)) {
+	if (opcode == WD_OP_INFLATE)
+		packed = vmalloc(dst_len);
+	if (!plain || !dst || (opcode == WD_OP_INFLATE && !packed) ||
+	    wd_dummy_scratch_alloc(&s, NUMA_NO_NODE)) {
 		ret = -ENOMEM;
 		goto out;
 	}
-	/* Half-compressible data: random bytes and runs. */
-	get_random_bytes(src, size / 2);
-	memset(src + size / 2, 'w', size - size / 2);
+	get_random_bytes(plain, size / 2);
+	memset(plain + size / 2, 'w', size - size / 2);
+	in = plain;
+	in_len = size;
+	if (packed) {
+		if (wd_dummy_run_kernel(&s, WD_OP_DEFLATE, plain, size, packed,
+					dst_len, &in_len)) {
+			ret = -EIO;
+			goto out;
+		}
+		in = packed;
+	}
 
 	t0 = ktime_get_ns();
 	for (i = 0; i < count; i++) {
-		if (wd_dummy_run_kernel(&s, opcodes[a], src, size, dst,
-					dst_len)) {
+		if (wd_dummy_run_kernel(&s, opcode, in, in_len, dst, dst_len,
+					&out_len)) {
 			ret = fatal_signal_pending(current) ? -EINTR : -EIO;
 			goto out;
 		}
 	}
 	*nsec = ktime_get_ns() - t0;
+	if (packed && (out_len != size || memcmp(dst, plain, size)))
+		ret = -EIO;
 out:
 	wd_dummy_scratch_free(&s);
-	vfree(src);
+	vfree(packed);
+	vfree(plain);
 	vfree(dst);
 	return ret;
 }

@@ -146,6 +146,7 @@ void wd_dummy_exec(struct wd_dummy_scratch *s, struct wd_dummy_queue *dq,
 void wd_dummy_weak_order(struct wd_desc *batch, u32 n, struct wd_desc *tmp);
 void wd_dummy_streams_free(struct wd_dummy_queue *dq);
 int wd_dummy_run_kernel(struct wd_dummy_scratch *s, u16 opcode,
-			const u8 *src, u32 src_len, u8 *dst, u32 dst_len);
+			const u8 *src, u32 src_len, u8 *dst, u32 dst_len,
+			u32 *out_len);
 
 #endif /* _WD_DUMMY_H */

@@ -772,16 +772,19 @@ void wd_dummy_scratch_free(struct wd_dummy_scratch *s)
 /**
  * wd_dummy_run_kernel() - one-shot request on kernel buffers (selfbench)
  * @s: scratch from wd_dummy_scratch_alloc()
- * @opcode: WD_OP_MEMCPY, _CRC32C, _SHA256 or _DEFLATE (zlib's default level)
+ * @opcode: WD_OP_MEMCPY, _CRC32C, _SHA256, _DEFLATE (zlib's default level)
+ *	or _INFLATE
  * @src: input
  * @src_len: its length
  * @dst: output
  * @dst_len: its room
+ * @out_len: set to the bytes written to @dst (when the status is WD_STS_OK)
  *
  * Return: a WD_STS_* status.
  */
 int wd_dummy_run_kernel(struct wd_dummy_scratch *s, u16 opcode,
-			const u8 *src, u32 src_len, u8 *dst, u32 dst_len)
+			const u8 *src, u32 src_len, u8 *dst, u32 dst_len,
+			u32 *out_len)
 {
 	struct wd_dummy_io io = {
 		.ksrc = src,
@@ -796,9 +799,11 @@ int wd_dummy_run_kernel(struct wd_dummy_scratch *s, u16 opcode,
 
 	switch (opcode) {
 	case WD_OP_MEMCPY:
-		return wd_dummy_memcpy(s, &io);
+		sts = wd_dummy_memcpy(s, &io);
+		break;
 	case WD_OP_CRC32C:
-		return wd_dummy_crc32c(s, &io, 0);
+		sts = wd_dummy_crc32c(s, &io, 0);
+		break;
 	case WD_OP_SHA256:
 		sha256_init(&st);
 		for (off = 0; off < src_len; off += n) {
@@ -810,11 +815,17 @@ int wd_dummy_run_kernel(struct wd_dummy_scratch *s, u16 opcode,
 				return sts;
 		}
 		sha256_final(&st, digest);
-		return io_write(&io, digest, sizeof(digest));
+		sts = io_write(&io, digest, sizeof(digest));
+		break;
 	case WD_OP_DEFLATE:
-		return wd_dummy_zlib_oneshot(s, &io, opcode,
-					     Z_DEFAULT_COMPRESSION,
-					     NUMA_NO_NODE);
+	case WD_OP_INFLATE:
+		sts = wd_dummy_zlib_oneshot(s, &io, opcode,
+					    Z_DEFAULT_COMPRESSION,
+					    NUMA_NO_NODE);
+		break;
+	default:
+		return WD_STS_BAD_OPCODE;
 	}
-	return WD_STS_BAD_OPCODE;
+	*out_len = io.out_len;
+	return sts;
 }

@@ -36,6 +36,8 @@ def test_ratios_are_computed_from_one_run_against_the_targets() -> None:
         _res("py-call", "zlib", 262144, 8.0),
         _res("c-call", "zlib", 262144, 9.5),
         _res("engine", "zlib", 262144, 10.0),
+        _res("py-decompress", "zlib", 262144, 19.0),
+        _res("engine-inflate", "zlib", 262144, 20.0),
     ]
     by_name = {r.name: r for r in bench.ratios(results)}
     many = by_name["crc32c 64 B q.crc32c_many(b64) / AF_ALG"]
@@ -49,6 +51,8 @@ def test_ratios_are_computed_from_one_run_against_the_targets() -> None:
     assert by_name["sha256 64 KiB q.sha256() / AF_ALG"].value == pytest.approx(1.5)
     assert not by_name["zlib 256 KiB q.compress() / engine"].met
     assert by_name["zlib 256 KiB C wd_do_xfer deflate / engine"].met
+    inflate = by_name["zlib 256 KiB q.decompress() / engine inflate"]
+    assert inflate.value == pytest.approx(0.95) and inflate.met
     assert "MISSED" in bench.ratio_table(list(by_name.values()))
 
 

@@ -312,12 +312,17 @@ def test_debugfs_counters_and_pins():
     assert kv.dbg("pinned_pages") == 0
 
 
-@pytest.mark.parametrize("algo", ["sha256", "crc32c", "memcpy", "zlib"])
+@pytest.mark.parametrize("algo", ["sha256", "crc32c", "memcpy", "zlib", "inflate"])
 def test_selfbench(algo):
+    """Every name runs and reports its run; "inflate" also checks its output (an EIO
+    otherwise), at 0, 1 and an odd size too."""
     p = os.path.join(kv.DEBUGFS, "wd_dummy.1", "selfbench")
     kv.write(p, f"{algo} 65536 20")
     a, size, count, ns = kv.read(p).split()
     assert (a, size, count) == (algo, "65536", "20") and int(ns) > 0
+    for size in (0, 1, 100_003):
+        kv.write(p, f"{algo} {size} 1")
+        assert kv.read(p).split()[:3] == [algo, str(size), "1"]
     for bad in ("nope 10 10", "sha256 x 1", "sha256 10 0", f"sha256 {kv.WD_MAX_LEN + 1} 1"):
         with pytest.raises(OSError):
             kv.write(p, bad)

@@ -31,6 +31,9 @@ Paths, the public API first (one line each in the table and the plot):
 ``engine``
     the dummy engine's own rate on kernel buffers, no queue at all (its
     debugfs self-benchmark): the limit the queue path can approach.
+``engine-inflate``
+    (zlib cases) the same for inflate, the limit of ``py-decompress``: the
+    engine inflating the case's data, deflated once before it is timed.
 ``dummy-copy`` / ``edu-dma-copy``
     the device-DMA row: ``q.copy(b)`` of DMA_COPY_SIZE bytes on wd_dummy's
     memcpy (CPU copies) and on wd_edu's (QEMU's edu device: DMA through a
@@ -72,6 +75,9 @@ ALGOS = ("crc32c", "sha256", "zlib")  # the algorithms a case may name
 DMA_COPY_SIZE = 16384
 #: the device-DMA row's paths: the driver whose memcpy each measures.
 DMA_COPY_PATHS = {"dummy-copy": "wd_dummy", "edu-dma-copy": "wd_edu"}
+#: the engine's own rates (debugfs selfbench) of a zlib case: path -> the name selfbench
+#: runs; other cases have only "engine", run under the case's algo_type.
+ENGINE_PATHS = {"engine": "zlib", "engine-inflate": "inflate"}
 #: the C benchmark program (userlib/libwd/wd_bench, `make -C userlib/libwd`).
 C_BENCH_ENV = "WD_C_BENCH"
 C_BENCH_DEFAULT = Path(__file__).resolve().parents[2] / "libwd" / "wd_bench"
@@ -256,7 +262,8 @@ def run(cfg: Config) -> list[Result]:
             steps[name] = step
             paths = list(steps) + (list(C_MODES) if prog else [])
             case = {p: Result(p, algo, size) for p in paths}
-            engine = Result("engine", algo, size)
+            engines = ENGINE_PATHS if algo == "zlib" else {"engine": algo}
+            engine = {p: Result(p, algo, size) for p in engines}
             count = max(8, int(2e6 // max(size, 64)))
             for r in range(cfg.rounds):
                 _progress(f"{algo} {size} B: round {r + 1}/{cfg.rounds}")
@@ -266,8 +273,9 @@ def run(cfg: Config) -> list[Result]:
                     for p, (mode, batch) in C_MODES.items():
                         case[p].rounds.append(c_step(prog, algo, size, mode, batch,
                                                      cfg.seconds, kind))
-                engine.rounds.append(engine_rate(q.parent, algo, size, count))
-            results += [*case.values(), engine]
+                for p, bench_name in engines.items():
+                    engine[p].rounds.append(engine_rate(q.parent, bench_name, size, count))
+            results += [*case.values(), *engine.values()]
         finally:
             for c in cleanup:
                 c()
@@ -365,6 +373,8 @@ def ratios(results: list[Result]) -> list[Ratio]:
         med("engine", "zlib", 262144), 0.9)
     add("zlib 256 KiB C wd_do_xfer deflate / engine", med("c-call", "zlib", 262144),
         med("engine", "zlib", 262144), 0.9)
+    add("zlib 256 KiB q.decompress() / engine inflate", med("py-decompress", "zlib", 262144),
+        med("engine-inflate", "zlib", 262144), 0.9)
     edu = med("edu-dma-copy", "memcpy", DMA_COPY_SIZE)
     dummy = med("dummy-copy", "memcpy", DMA_COPY_SIZE)
     if edu and dummy:  # a figure, not a target: QEMU's edu takes 100 ms per DMA
@@ -375,7 +385,7 @@ def ratios(results: list[Result]) -> list[Ratio]:
 
 #: column order of the table: the public API first, prepared batches last.
 COLUMNS = ("py-call", f"py-many-b{BATCH}", "py-decompress", "c-sync", "c-call", "afalg", "cpu",
-           "cpu-pure-python", "engine", f"prepared-b{BATCH}", *DMA_COPY_PATHS)
+           "cpu-pure-python", *ENGINE_PATHS, f"prepared-b{BATCH}", *DMA_COPY_PATHS)
 
 
 def table(results: list[Result]) -> str:
