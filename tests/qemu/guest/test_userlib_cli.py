@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from wrapdrive.crc import crc32c_sw
 
 sys.path.insert(0, os.path.dirname(__file__))
 import kernel_vfio as kv  # noqa: E402  (the kernel's own crc32c, AF_ALG)
+import wd_measure  # noqa: E402
 
 # each test starts the CLI (a Python interpreter): 15-40 s apiece under TCG on a loaded host
 pytestmark = pytest.mark.slow(180)
@@ -210,26 +212,76 @@ def sparse_file(path: Path, size: int) -> None:
         out.truncate(size + 7)
 
 
-def wd_long(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "wrapdrive", *args], capture_output=True,
-                          text=True, env=ENV, timeout=840)
+#: how much more the CLI's peak RSS may be on SPARSE_SIZE bytes than on SMALL_SIZE:
+#: it streams, so its memory must not follow the file's size.
+PEAK_GROWTH_KIB = 8 << 10
+SMALL_SIZE = 1 << 20
+#: how often the CLI's VmHWM is sampled while it runs
+PEAK_POLL_S = 0.05
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """The process's peak RSS (KiB) so far, 0 once it has exited (a zombie has no mm)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def wd_long(*args: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """The CLI's result, and its own peak RSS in KiB: its VmHWM, read from /proc while it
+    runs (the last reading before it exits; it only grows).  Popen returns once the exec
+    is done, so every reading is of the CLI's own mm, which starts empty: wait4's
+    ru_maxrss would also count the forking test process's high-water mark."""
+    cmd = [sys.executable, "-m", "wrapdrive", *args]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=ENV) as p:
+        peak, deadline = 0, time.monotonic() + 840
+        while True:
+            peak = max(peak, vm_hwm_kib(p.pid))
+            try:
+                out, err = p.communicate(timeout=PEAK_POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    p.kill()
+                    raise
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err), peak
+
+
+def check_constant_memory(algo: str, tmp_path: Path, big_peak: int) -> None:
+    """The CLI's peak on SPARSE_SIZE bytes against its peak on SMALL_SIZE bytes."""
+    small = tmp_path / "small.bin"
+    small.write_bytes(os.urandom(SMALL_SIZE))
+    p, small_peak = wd_long("run", "-q", algo, str(small))
+    assert p.returncode == 0, p.stderr
+    wd_measure.record("cli_peak_rss", algo=algo, size=SPARSE_SIZE, peak_kib=big_peak,
+                      small_size=SMALL_SIZE, small_peak_kib=small_peak)
+    assert 0 < small_peak and big_peak - small_peak <= PEAK_GROWTH_KIB, (
+        f"run {algo}: peak RSS {big_peak} KiB on {SPARSE_SIZE} B, {small_peak} KiB on "
+        f"{SMALL_SIZE} B")
 
 
 @pytest.mark.slow(900)
 def test_run_sha256_of_a_1gib_sparse_file_like_sha256sum(tmp_path: Path) -> None:
     f = tmp_path / "sparse.bin"
     sparse_file(f, SPARSE_SIZE)
-    p = wd_long("run", "-q", "sha256", str(f))
+    p, peak = wd_long("run", "-q", "sha256", str(f))
     assert p.returncode == 0, p.stderr
     ref = subprocess.run(["sha256sum", str(f)], capture_output=True, text=True).stdout
     assert p.stdout == ref
+    check_constant_memory("sha256", tmp_path, peak)
 
 
 @pytest.mark.slow(900)
 def test_run_zlib_of_a_1gib_sparse_file_gives_it_back(tmp_path: Path) -> None:
     f = tmp_path / "sparse.bin"
     sparse_file(f, SPARSE_SIZE)
-    p = wd_long("run", "-q", "zlib", str(f))
+    p, peak = wd_long("run", "-q", "zlib", str(f))
     assert p.returncode == 0, p.stderr
     d = zlib.decompressobj()
     back, want = hashlib.sha256(), hashlib.sha256()
@@ -245,3 +297,4 @@ def test_run_zlib_of_a_1gib_sparse_file_gives_it_back(tmp_path: Path) -> None:
         while chunk := src.read(8 << 20):
             want.update(chunk)
     assert back.digest() == want.digest()
+    check_constant_memory("zlib", tmp_path, peak)
