@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from wrapdrive import (
     api,
     request_queue_async,
 )
+from wrapdrive.queue import OUTPUT_KEEP
 
 #: ticks of the event loop the device waits for before it completes a request
 TICKS = 5
@@ -68,6 +70,9 @@ def queue_on(sim: SimQueue, algo: str) -> Queue:
     q.algo_type = algo
     q.opcodes = (abi.WD_OP_NOP, *abi.ALGO_OPCODES.get(algo, ()))
     q._in_flight = set()
+    q._lock = threading.Lock()
+    q._buffers = []
+    q._outputs = []
     q._async_waiters = []
     q._async_loop = None
     q.efd = sim.efd
@@ -131,6 +136,28 @@ def test_one_shot_coroutines_leave_the_loop_free(
     assert dev.gate_opened == [True], "the event loop was blocked while the call waited"
     assert ticks >= TICKS
     assert got == want  # the simulated device's answer, carried through
+
+
+def test_one_shot_outputs_come_from_a_bounded_set_of_shared_buffers(
+        sim_queue: Callable[[str], tuple[Queue, Device, threading.Event]]) -> None:
+    """copy/compress/decompress write into the queue's own output buffers, one per
+    call in flight, at most OUTPUT_KEEP kept: threads on one queue each get their own
+    bytes back (the simulated device copies input to output), whatever the sizes."""
+    q, _, gate = sim_queue("memcpy")
+    gate.set()
+    sizes = [1, 5000, 70_000, 300_000, 3]
+
+    def worker(k: int) -> int:
+        wrong = 0
+        for i in range(20):
+            data = bytes([k]) * sizes[(i + k) % len(sizes)]
+            wrong += q.copy(data) != data
+        return wrong
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(worker, range(4), timeout=60)) == [0, 0, 0, 0]
+    assert len(q._outputs) <= OUTPUT_KEEP and set(map(id, q._outputs)) <= set(map(id, q._buffers))
+    assert len(q._buffers) == len(q._outputs), "an output buffer was neither kept nor freed"
 
 
 def test_errors_reach_the_coroutine(
